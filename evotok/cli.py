@@ -33,8 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("evotok.model.train.cli", "data_main", "install the offline photo set and write the split"),
     "convert": ("evotok.model.convert", "main", "convert an official EvoTok checkpoint"),
     "info": ("evotok.model.cli", "info_main", "print a checkpoint's config and hash"),
-    "encode": ("evotok.tools", "encode_main", "encode images to codes (.npy/.json)"),
-    "decode": ("evotok.tools", "decode_main", "decode codes to a PNG"),
+    "encode": ("evotok.tools.codes_cli", "encode_main", "encode images to codes (.npy/.json)"),
+    "decode": ("evotok.tools.codes_cli", "decode_main", "decode codes to a PNG"),
     "tokenize": ("evotok.tokenize", "main", "tokenize a folder of images into shards"),
     "bench": ("evotok.bench", "main", "benchmarks (runtime, quantizer, service, queue)"),
 }
