@@ -1,0 +1,307 @@
+"""``RedisBatcher``: the API-replica side of the Redis Streams batcher (``EVOTOK_QUEUE=redis``).
+
+Per request (``submit``):
+
+1. one atomic Lua call (``ADMIT_LUA``) checks for a live worker heartbeat (else ``NotReady`` -> 503), the
+   per-endpoint entry and byte caps (``Overloaded`` -> 429 + Retry-After), the predicted wait against the
+   deadline (``Overloaded``, reason deadline_unmeetable), then XADDs the entry (never trimmed) and adds
+   its bytes to the counter;
+2. the handler awaits an in-memory future until its deadline (``DeadlineExceeded`` -> 504); on timeout
+   or client cancellation a cancel mark (``P:cancel:{rid}``) tells the workers to skip the entry.
+
+One long-lived reader task per replica XREADs this replica's reply stream over its own connection and
+resolves futures by request id; replies for unknown or already-resolved ids (duplicates after a reclaim,
+answers that came after the deadline) are dropped and counted. A monitor task polls the live-worker
+count and queue depth for ``stats()`` / readiness.
+
+Redis outages: a failed admission answers ``NotReady`` (503) at once (no client-side retries, short
+connect timeout); when the reader loses its connection every waiting request is failed with ``NotReady``
+(a Redis without persistence has lost their entries); both tasks reconnect by themselves, nothing exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from evotok.export.types import ModelInfo
+from evotok.service.batcher import OPS, Batcher, BatcherStats, Op
+from evotok.service.errors import BackendError, DeadlineExceeded, InvalidInput, NotReady, Overloaded
+from evotok.service.redis_protocol import (
+    ADMIT_LUA,
+    Keys,
+    ProtocolError,
+    Reply,
+    connection_kwargs,
+    liveness_window_ms,
+    pack_array,
+    parse_reply,
+    redis_url,
+)
+from evotok.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
+READ_BLOCK_MS = 1000
+READ_COUNT = 512
+
+
+class RedisBatcher(Batcher):
+    def __init__(self, settings: Settings, info: ModelInfo) -> None:
+        self.settings = settings
+        self.info = info
+        self.keys = Keys(settings.redis_prefix)
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.reply_key = self.keys.reply(self.replica_id)
+        self._window_ms = liveness_window_ms(settings.worker_heartbeat_s)
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._redis: aredis.Redis | None = None
+        self._reader_redis: aredis.Redis | None = None
+        self._admit: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._draining = False
+        self._redis_ok = False
+        self._live_workers = 0
+        self._queued = 0
+        self._oldest_age_s = 0.0
+        self.dropped_replies = 0  # duplicates / late replies ignored
+        self.lost_on_outage = 0  # waiting requests failed because the reply connection broke
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def _client(self, socket_timeout_s: float) -> aredis.Redis:
+        s = self.settings
+        password = s.redis_password.get_secret_value() if s.redis_password else None
+        return aredis.Redis.from_url(
+            redis_url(s.redis_url, s.redis_tls),
+            retry=Retry(NoBackoff(), 0),
+            **connection_kwargs(password, socket_timeout_s=socket_timeout_s, connect_timeout_s=0.5),
+        )
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._redis = self._client(socket_timeout_s=2.0)
+        self._reader_redis = self._client(socket_timeout_s=READ_BLOCK_MS / 1000 + 3.0)
+        self._admit = self._redis.register_script(ADMIT_LUA)
+        self._started = True
+        self._tasks = [
+            asyncio.create_task(self._reader_loop(), name="redis-reply-reader"),
+            asyncio.create_task(self._monitor_loop(), name="redis-queue-monitor"),
+        ]
+        log.info("redis batcher started: replica %s, reply stream %s", self.replica_id, self.reply_key)
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        self._draining = True
+        end = time.monotonic() + timeout_s
+        while self._pending and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(NotReady("server is shutting down"))
+        for client in (self._redis, self._reader_redis):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        self._started = False
+
+    def stats(self) -> BatcherStats:
+        return BatcherStats(
+            queued=self._queued,
+            in_flight=len(self._pending),
+            oldest_age_s=self._oldest_age_s,
+            ready=self._started and not self._draining and self._redis_ok and self._live_workers > 0,
+            draining=self._draining,
+        )
+
+    # --- submit ---------------------------------------------------------------------------------------
+    async def submit(self, op: Op, payload: npt.NDArray[Any], deadline: float) -> npt.NDArray[Any]:
+        if not self._started or self._draining:
+            raise NotReady("server is not accepting work (starting or draining)")
+        remaining_ms = math.floor((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            raise DeadlineExceeded("deadline passed before the request was queued")
+        try:
+            wire = pack_array(payload)
+        except ProtocolError as exc:
+            raise InvalidInput(str(exc)) from exc
+        rid = uuid.uuid4().hex
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await self._admit_entry(op, rid, wire.dtype, wire.shape, wire.data, remaining_ms)
+            try:
+                reply = await asyncio.wait_for(fut, timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                self._mark_cancelled(rid, 1000)
+                raise DeadlineExceeded("no result before the request deadline") from None
+            except asyncio.CancelledError:
+                self._mark_cancelled(rid, max(1000, math.ceil((deadline - time.monotonic()) * 1000)))
+                raise
+        finally:
+            self._pending.pop(rid, None)
+        return self._result(reply)
+
+    async def _admit_entry(self, op: Op, rid: str, dtype: str, shape: str, data: bytes, remaining_ms: int) -> None:
+        s = self.settings
+        keys = [self.keys.work(op), self.keys.bytes(op), self.keys.workers, self.keys.stats(op)]
+        args: list[Any] = [s.redis_max_entries, s.redis_max_bytes, self._window_ms, remaining_ms, len(data),
+                           "rid", rid, "reply", self.reply_key, "dtype", dtype, "shape", shape, "data", data]
+        try:
+            res = await self._admit(keys=keys, args=args)
+        except REDIS_DOWN as exc:
+            self._redis_ok = False
+            raise NotReady("queue unavailable: cannot reach Redis", retry_after_s=1.0) from exc
+        except redis.ResponseError as exc:  # e.g. OOM under maxmemory noeviction
+            raise Overloaded(f"queue refused the entry: {exc}", retry_after_s=1.0) from exc
+        self._redis_ok = True
+        status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+        wait_s = int(res[1]) / 1000
+        if status == "ok":
+            return
+        if status == "noworker":
+            self._live_workers = 0
+            raise NotReady("no live inference worker", retry_after_s=1.0)
+        retry_after = float(max(1, math.ceil(wait_s)))
+        if status == "full":
+            raise Overloaded(f"{op} queue is full", retry_after_s=retry_after)
+        if status == "unmeetable":
+            raise Overloaded(f"{op} queue wait (~{wait_s:.1f} s) exceeds the request deadline",
+                             retry_after_s=retry_after)
+        raise BackendError(f"unexpected admission answer {status!r}; this is a bug")
+
+    def _result(self, reply: Reply) -> npt.NDArray[Any]:
+        if reply.status == "ok" and reply.result is not None:
+            return np.array(reply.result)  # writable copy, detached from the wire buffer
+        if reply.status in ("deadline_exceeded", "cancelled"):
+            raise DeadlineExceeded(reply.message or "deadline passed while queued")
+        if reply.status == "invalid_input":
+            raise InvalidInput(reply.message)
+        if reply.status == "not_ready":
+            raise NotReady(reply.message, retry_after_s=1.0)
+        raise BackendError(reply.message or "inference failed")
+
+    def _mark_cancelled(self, rid: str, ttl_ms: int) -> None:
+        """Fire-and-forget: tell workers to skip this entry (best effort)."""
+
+        async def mark() -> None:
+            if self._redis is None:
+                return
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._redis.set(self.keys.cancel(rid), b"1", px=ttl_ms)
+
+        task = asyncio.create_task(mark())
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    # --- background tasks -----------------------------------------------------------------------------
+    async def _reader_loop(self) -> None:
+        """The one reply reader of this replica: XREAD BLOCK on its reply stream, resolve futures by id."""
+        assert self._reader_redis is not None and self._redis is not None
+        last_id = "0-0"
+        backoff = 0.05
+        connected = False
+        while True:
+            try:
+                resp: Any = await self._reader_redis.xread({self.reply_key: last_id}, count=READ_COUNT,
+                                                           block=READ_BLOCK_MS)
+                if not connected:
+                    connected = True
+                    backoff = 0.05
+                    log.info("reply reader connected to Redis")
+                done: list[Any] = []
+                for _stream, entries in resp or []:
+                    for entry_id, fields in entries:
+                        last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                        done.append(entry_id)
+                        self._resolve(fields)
+                if done:
+                    await self._reader_redis.xdel(self.reply_key, *done)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_DOWN as exc:
+                if connected:
+                    log.warning("reply reader lost Redis (%s); failing %d waiting requests", exc, len(self._pending))
+                connected = False
+                self._redis_ok = False
+                self._fail_waiting()
+                last_id = "0-0"
+                await asyncio.sleep(backoff)
+                backoff = min(1.0, backoff * 2)
+            except Exception:
+                log.exception("reply reader error; continuing")
+                await asyncio.sleep(0.1)
+
+    def _resolve(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            reply = parse_reply(fields)
+        except (ProtocolError, KeyError) as exc:
+            log.error("dropping malformed reply: %s", exc)
+            self.dropped_replies += 1
+            return
+        fut = self._pending.get(reply.request_id)
+        if fut is None or fut.done():
+            self.dropped_replies += 1  # duplicate after a reclaim, or the request already gave up
+            return
+        fut.set_result(reply)
+
+    def _fail_waiting(self) -> None:
+        for fut in list(self._pending.values()):
+            if not fut.done():
+                self.lost_on_outage += 1
+                fut.set_exception(NotReady("lost the connection to the queue; retry", retry_after_s=1.0))
+
+    async def _monitor_loop(self) -> None:
+        """Refresh live-worker count and queue depth for ``stats()`` (readiness, queue gauges)."""
+        assert self._redis is not None
+        period = max(0.2, min(1.0, self.settings.worker_heartbeat_s / 2))
+        while True:
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.time()
+                for op in OPS:
+                    pipe.xlen(self.keys.work(op))
+                    pipe.xrange(self.keys.work(op), count=1)
+                res = await pipe.execute()
+                sec, usec = res[0]
+                now_ms = int(sec) * 1000 + int(usec) // 1000
+                live = await self._redis.zcount(self.keys.workers, now_ms - self._window_ms, "+inf")
+                queued, oldest = 0, 0.0
+                for k in range(len(OPS)):
+                    queued += int(res[1 + 2 * k])
+                    first = res[2 + 2 * k]
+                    if first:
+                        eid = first[0][0]
+                        eid = eid.decode() if isinstance(eid, bytes) else str(eid)
+                        oldest = max(oldest, (now_ms - int(eid.split("-")[0])) / 1000)
+                self._live_workers, self._queued, self._oldest_age_s = int(live), queued, max(0.0, oldest)
+                self._redis_ok = True
+            except asyncio.CancelledError:
+                raise
+            except REDIS_DOWN:
+                self._redis_ok = False
+            except Exception:
+                log.exception("queue monitor error; continuing")
+            await asyncio.sleep(period)

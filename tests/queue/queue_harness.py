@@ -1,0 +1,207 @@
+"""Real processes for the Redis queue tests: a redis-server on a free port, workers, API servers.
+
+Everything started here is stopped by its PID (redis-server through its pidfile); nothing is matched by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class RedisServer:
+    """``redis-server --daemonize yes`` without persistence, stopped by the PID in its pidfile."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    pid: int | None = None
+    extra: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.workdir / "redis.pid"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pidfile.unlink(missing_ok=True)
+        cmd = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "yes",
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            "--pidfile", str(self.pidfile), "--logfile", str(self.workdir / "redis.log"), *self.extra,
+        ]
+        subprocess.run(cmd, check=True, timeout=timeout_s)
+        end = time.monotonic() + timeout_s
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        while True:
+            try:
+                if client.ping() and self.pidfile.exists():
+                    self.pid = int(self.pidfile.read_text().strip())
+                    client.close()
+                    return
+            except (redis.ConnectionError, ValueError):
+                pass
+            if time.monotonic() > end:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> None:
+        if self.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+        end = time.monotonic() + timeout_s
+        while _pid_alive(self.pid) and time.monotonic() < end:
+            time.sleep(0.01)
+        # the port must be free again before a restart on it
+        while time.monotonic() < end:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                    break
+            time.sleep(0.01)
+        self.pid = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def used_memory_peak(self) -> int:
+        c = self.client()
+        try:
+            return int(c.info("memory")["used_memory_peak"])
+        finally:
+            c.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a live process (Linux /proc), 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def queue_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
+    """Environment of a worker / API process in these tests (fast heartbeats, quick reclaim)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOTOK_")}
+    env.update({
+        "EVOTOK_QUEUE": "redis",
+        "EVOTOK_REDIS_URL": redis_url,
+        "EVOTOK_REDIS_PREFIX": prefix,
+        "EVOTOK_WORKER_HEARTBEAT_S": "0.5",
+        "EVOTOK_WORKER_CLAIM_IDLE_MS": "1000",
+        "EVOTOK_MAX_BATCH_SIZE": "8",
+        "EVOTOK_MAX_QUEUE_DELAY_MS": "5",
+        "EVOTOK_LOG_LEVEL": "warning",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+@dataclass
+class WorkerProc:
+    """``evotok worker --fake-runtime`` as a child process."""
+
+    env: dict[str, str]
+    name: str
+    logdir: Path
+    fake_delay_ms: float = 0.0
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.logdir / f"worker-{self.name}-{self.starts}.log", "wb")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "evotok.cli", "worker", "--name", self.name, "--metrics-port",
+               str(self.metrics_port), "--metrics-host", "127.0.0.1", "--fake-runtime",
+               "--fake-delay-ms", str(self.fake_delay_ms)]
+        self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            assert self.proc is not None and self.proc.poll() is None, f"worker {self.name} exited"
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.05)
+        raise TimeoutError(f"worker {self.name} not ready")
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+            return str(r.read().decode())
+
+
+def wait_live_workers(server: RedisServer, prefix: str, n: int, timeout_s: float = 30.0) -> None:
+    c = server.client()
+    end = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < end:
+            sec, usec = c.time()
+            now_ms = sec * 1000 + usec // 1000
+            if c.zcount(f"{prefix}:workers", now_ms - 1500, "+inf") >= n:
+                return
+            time.sleep(0.05)
+    finally:
+        c.close()
+    raise TimeoutError(f"fewer than {n} live workers")
