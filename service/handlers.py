@@ -1,0 +1,127 @@
+"""Exception handlers: every error leaves the app in the one JSON shape of ``errors.py``.
+
+``{"error": {"code": "...", "message": "...", "status": N}}`` for domain exceptions (status/code from
+ERROR_TABLE), FastAPI's request validation errors (422 ``invalid_input``), Starlette HTTP errors (404
+``not_found``, 405 ``method_not_allowed``, ...) and anything unexpected (500 ``internal``, logged, never a
+stack trace in the body). 429/503 carry ``Retry-After`` when the error knows it; 401 carries
+``WWW-Authenticate: Bearer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from evotok.service import metrics
+from evotok.service.errors import ERROR_TABLE, ServiceError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "queue_full",
+    503: "not_ready",
+}
+ENDPOINTS = {"/encode": "encode", "/decode": "decode", "/embed": "embed", "/info": "info",
+             "/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics"}
+
+
+def endpoint_of_path(path: str) -> str:
+    return ENDPOINTS.get(path, "other")
+
+
+def error_body(status: int, code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
+
+
+def _count(request: Request, status: int, code: str) -> None:
+    if status >= 400:
+        metrics.REJECTIONS.labels(endpoint_of_path(request.url.path), metrics.reason_of_code(code)).inc()
+
+
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    status, code = ERROR_TABLE.get(type(exc), (exc.status, exc.code))
+    headers: dict[str, str] = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    elif status in (429, 503):
+        headers["Retry-After"] = "1"
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(status, code, exc.message, headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    response = service_error_response(exc)
+    _count(request, response.status_code, ERROR_TABLE.get(type(exc), (exc.status, exc.code))[1])
+    return response
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    _count(request, 422, "invalid_input")
+    return error_response(422, "invalid_input", "; ".join(parts) or "invalid request")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    _count(request, exc.status_code, code)
+    headers = dict(exc.headers or {})
+    return error_response(exc.status_code, code, str(exc.detail), headers or None)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    _count(request, 500, "internal")
+    return error_response(500, "internal", "internal server error; the event was logged")
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def openapi_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given statuses, with the machine codes from ERROR_TABLE."""
+    by_status: dict[int, list[str]] = {}
+    for status, code in ERROR_TABLE.values():
+        by_status.setdefault(status, []).append(code)
+    extra = {401: ["unauthorized"], 403: ["forbidden"], 404: ["not_found"], 500: ["backend_error", "internal"]}
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        codes = sorted(set(by_status.get(status, []) + extra.get(status, [])))
+        first = codes[0] if codes else "error"
+        out[status] = {
+            "description": f"error; code one of: {', '.join(codes)}",
+            "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/ErrorResponse"},
+                "example": error_body(status, first, "human-readable explanation"),
+            }},
+        }
+    return out

@@ -1,0 +1,1 @@
+"""HTTP routes: one module per endpoint group (encode, decode, embed, info, health)."""

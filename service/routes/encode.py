@@ -1,0 +1,90 @@
+"""POST /encode: image(s) -> residual codes (JSON ``[h][w][depth]`` or uint16 ``.npy``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from evotok.service.auth import require_api_key
+from evotok.service.codes_io import NPY_CONTENT_TYPE, to_npy
+from evotok.service.errors import InvalidInput
+from evotok.service.handlers import openapi_errors
+from evotok.service.routes.common import decode_images, model_card, read_images, submit_all, timed, wants_npy
+from evotok.service.schemas import EncodeResponse
+from evotok.service.state import get_state
+
+router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key)])
+
+_BINARY = {"type": "string", "format": "binary"}
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "image": {**_BINARY, "description": "one PNG/JPEG/WebP image"},
+                    "images": {"type": "array", "items": _BINARY,
+                               "description": "batch form: several images (up to EVOTOK_MAX_BATCH_IMAGES)"},
+                },
+            },
+        },
+        "image/png": {"schema": _BINARY},
+        "image/jpeg": {"schema": _BINARY},
+        "image/webp": {"schema": _BINARY},
+    },
+}
+_EXAMPLE = {"codes": [[[17, 4005, 88], [903, 12, 7]], [[5, 5, 5], [1, 2, 3]]], "shape": [2, 2, 3], "depth": 3,
+            "model": {"name": "evotok-small", "weights_hash": "3f1c...e9"}}
+
+
+@router.post(
+    "/encode",
+    summary="Encode an image into residual codes",
+    description=(
+        "Send one image as the multipart field `image` or as the raw body (`image/png`, `image/jpeg`, "
+        "`image/webp`); several multipart `images` fields form the batch form (the answer is then a JSON list, "
+        "or one `.npy` of shape (B, h, w, depth)). Images are fitted to the model input by `resize` "
+        "(default: short side to the model size with bicubic, then centre crop). Accepted pixels: 8-bit RGB, "
+        "grayscale, palette without transparency; alpha, CMYK, 16-bit and animated images are refused. "
+        "`Accept: application/x-npy` returns uint16 codes as a `.npy` file (no pickle)."
+    ),
+    response_model=EncodeResponse,
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses={
+        200: {"content": {"application/json": {"example": _EXAMPLE},
+                          NPY_CONTENT_TYPE: {"schema": _BINARY, "description": "uint16 (h, w, depth) or (B, h, w, depth)"}}},
+        **openapi_errors(401, 403, 406, 413, 415, 422, 429, 500, 503, 504),
+    },
+)
+async def encode(
+    request: Request,
+    depth: int | None = Query(None, ge=1, description="return only the first `depth` codes per position (1..D)"),
+    resize: Literal["center-crop", "stretch", "none"] = Query(
+        "center-crop", description="how to fit the image to the model input"
+    ),
+) -> Response:
+    state = get_state(request)
+    info = state.model_info()
+    if depth is not None and depth > info.num_depths:
+        raise InvalidInput(f"depth must be in 1..{info.num_depths}, got {depth}")
+    npy = wants_npy(request)
+    blobs, batch_form = await read_images(request, state)
+    images = await decode_images(blobs, state, info, resize)
+    codes = await submit_all(state, request, "encode", images, "encode")
+    d = depth or info.num_depths
+    out = np.stack([c[..., :d] for c in codes]).astype(np.uint16)  # (B, h, w, d)
+    bucket = str(info.image_size)
+    if npy:
+        body = await timed("encode", bucket, lambda: to_npy(out if batch_form else out[0]))
+        return Response(body, media_type=NPY_CONTENT_TYPE)
+    card = model_card(info)
+
+    def as_json() -> bytes:
+        items = [{"codes": c.tolist(), "shape": list(c.shape), "depth": d, "model": card} for c in out]
+        return json.dumps(items if batch_form else items[0], separators=(",", ":")).encode()
+
+    return Response(await timed("encode", bucket, as_json), media_type="application/json")
