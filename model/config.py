@@ -178,7 +178,10 @@ def _small() -> EvoTokConfig:
         encoder=EncoderConfig(
             kind="efficientnet-lite0", feature_dim=112, task_hidden=256, last_block=10, trainable_from_block=3
         ),
-        quantizer=QuantizerConfig(num_depths=16, codebook_size=1024, dim=32, decay=0.99, warmup_steps=200),
+        # ~1024 residuals per step for 1024 codes: "dead" means used at < 5% of the uniform rate
+        quantizer=QuantizerConfig(
+            num_depths=16, codebook_size=1024, dim=32, decay=0.99, warmup_steps=200, restart_threshold=0.05
+        ),
         pixel_decoder=PixelDecoderConfig(
             depth=4, z_channels=128, ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, norm_groups=8
         ),

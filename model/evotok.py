@@ -108,7 +108,7 @@ class EvoTok(nn.Module):
             raise RuntimeError("EvoTok inference methods need eval mode (training mode updates the codebooks)")
 
 
-def images_to_tensor(images: "object") -> Tensor:
+def images_to_tensor(images: object) -> Tensor:
     """``(B, H, W, 3)`` uint8 (numpy or tensor) -> ``(B, 3, H, W)`` float32 in [-1, 1]."""
     t = torch.as_tensor(images)
     if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:

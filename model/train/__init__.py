@@ -1,0 +1,1 @@
+"""Training, data and evaluation for EvoTok (imports ``evotok.model``; the model never imports this)."""

