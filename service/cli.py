@@ -1,0 +1,123 @@
+"""Service entry points: ``evotok serve`` (the HTTP API) and ``evotok worker`` (Redis Streams worker).
+
+Usage::
+
+    evotok serve --host 127.0.0.1 --port 8000 [--workers N] [--backend onnxruntime] [--weights DIR]
+
+Options given here are written to the matching ``EVOTOK_*`` variables, so uvicorn worker processes (which
+build their app from the environment) see the same settings. With the ONNX Runtime backend and the
+in-process queue, missing engines are exported into the cache dir first
+(``evotok.export.onnx_export.ensure_exported``). With ``--workers N > 1`` metrics run in prometheus-client
+multiprocess mode (a fresh ``PROMETHEUS_MULTIPROC_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_ENV_OPTIONS = {  # argparse dest -> environment variable
+    "host": "EVOTOK_HOST", "port": "EVOTOK_PORT", "workers": "EVOTOK_WORKERS", "backend": "EVOTOK_BACKEND",
+    "weights": "EVOTOK_WEIGHTS", "queue": "EVOTOK_QUEUE", "max_batch_size": "EVOTOK_MAX_BATCH_SIZE",
+    "max_queue_delay_ms": "EVOTOK_MAX_QUEUE_DELAY_MS", "log_level": "EVOTOK_LOG_LEVEL",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evotok serve", description="Run the EvoTok HTTP API (uvicorn).")
+    p.add_argument("--host", help="bind address (default EVOTOK_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default EVOTOK_PORT or 8000)")
+    p.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--weights", help="model folder (default weights/evotok-small)")
+    p.add_argument("--queue", choices=["inprocess", "redis"])
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--max-queue-delay-ms", type=float)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-export", action="store_true", help="do not export missing ONNX engines first")
+    return p
+
+
+def configure_logging(level: str, as_json: bool) -> None:
+    fmt = (
+        '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
+        if as_json else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def ensure_engines(weights: Path, cache_dir: Path) -> None:
+    """Export ONNX engines for ``weights`` into ``cache_dir`` if they are missing (idempotent)."""
+    try:
+        from evotok.export.onnx_export import ensure_exported
+    except ImportError as exc:
+        raise SystemExit(
+            "evotok serve: the ONNX exporter (evotok.export.onnx_export.ensure_exported) is not available "
+            f"({exc}); run `evotok export` or start with --backend torch"
+        ) from exc
+    ensure_exported(weights, cache_dir)
+
+
+def _setup_multiprocess_metrics() -> None:
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        shutil.rmtree(path, ignore_errors=True)  # stale files from an earlier run would be summed in
+        Path(path).mkdir(parents=True, exist_ok=True)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="evotok-metrics-")
+
+
+def serve_main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    for dest, env in _ENV_OPTIONS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            os.environ[env] = str(value)
+
+    from evotok.service.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    if settings.queue == "inprocess":
+        if not (settings.weights / "config.json").exists():
+            sys.stderr.write(f"evotok serve: no model at {settings.weights} (config.json missing); "
+                             "set EVOTOK_WEIGHTS or --weights\n")
+            return 2
+        if settings.backend == "onnxruntime" and not args.no_export:
+            ensure_engines(settings.weights, settings.cache_dir)
+
+    import uvicorn
+
+    base = f"http://{settings.host}:{settings.port}"
+    sys.stdout.write(
+        f"EvoTok serving {settings.weights.name} ({settings.backend}, queue={settings.queue}, "
+        f"workers={settings.workers}) on {base}\n"
+        f"  web page:  {base}/\n  API docs:  {base}/docs\n  metrics:   {base}/metrics\n"
+        f"  ready:     {base}/readyz   (503 until warm-up and the golden self-test pass)\n"
+    )
+    sys.stdout.flush()
+    common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
+              "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5}
+    if settings.workers > 1:
+        _setup_multiprocess_metrics()
+        uvicorn.run("evotok.service.app:create_app", factory=True, workers=settings.workers, **common)
+    else:
+        from evotok.service.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    return 0
+
+
+def worker_main(argv: list[str]) -> int:
+    """``evotok worker``: the Redis Streams inference worker (service/worker.py)."""
+    from evotok.service.worker import main
+
+    return main(argv)

@@ -1,0 +1,79 @@
+"""Start a real uvicorn server in a subprocess on a free port; stop it by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+
+def start_server(args: list[str], env: dict[str, str], log_path: Path) -> Server:
+    """``args`` after ``python -m``, e.g. ``["uvicorn", "--factory", "tests.service.fake_app:build"]``."""
+    port = free_port()
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    return Server(proc, f"http://127.0.0.1:{port}", log_path)
+
+
+def metric_values(text: str, name: str, **labels: str) -> list[float]:
+    """Values of the samples called ``name`` whose labels include ``labels``."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            out.append(float(value))
+    return out

@@ -1,0 +1,125 @@
+"""InProcessBatcher: batches form under concurrency, bounds, deadlines, cancellation, grouping, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from evotok.service.batcher import BatchPolicy
+from evotok.service.errors import DeadlineExceeded, NotReady, Overloaded
+from evotok.service.inprocess import InProcessBatcher
+from tests.service.fakes import ServiceFakeRuntime
+
+IMG = np.zeros((64, 64, 3), np.uint8)
+
+
+async def _batcher(max_batch: int = 8, delay_s: float = 0.005, queue: int = 64, rt_delay: float = 0.0):
+    rt = ServiceFakeRuntime(delay_s=rt_delay)
+    b = InProcessBatcher(BatchPolicy(max_batch, delay_s), max_queue_size=queue)
+    await b.start()
+    b.attach(rt)
+    return b, rt
+
+
+def _deadline(s: float = 5.0) -> float:
+    return time.monotonic() + s
+
+
+async def test_concurrent_requests_share_batches() -> None:
+    b, rt = await _batcher(max_batch=8, delay_s=0.02, rt_delay=0.01)
+    images = [np.full((64, 64, 3), i, np.uint8) for i in range(32)]
+    results = await asyncio.gather(*(b.submit("encode", im, _deadline()) for im in images))
+    assert max(rt.batch_sizes) > 1 and max(rt.batch_sizes) <= 8
+    assert sum(rt.batch_sizes) == 32
+    for im, codes in zip(images, results, strict=True):  # every item got its own answer back
+        np.testing.assert_array_equal(codes, rt.encode(im[None])[0])
+    await b.drain(1.0)
+
+
+async def test_single_item_waits_at_most_the_queue_delay() -> None:
+    b, _rt = await _batcher(max_batch=8, delay_s=0.05)
+    t0 = time.monotonic()
+    await b.submit("encode", IMG, _deadline())
+    waited = time.monotonic() - t0
+    assert 0.045 <= waited < 0.5
+    assert b.batches[-1].close_reason == "delay" and b.batches[-1].size == 1
+    await b.drain(1.0)
+
+
+async def test_full_batch_closes_without_waiting() -> None:
+    b, _rt = await _batcher(max_batch=4, delay_s=5.0)
+    t0 = time.monotonic()
+    await asyncio.gather(*(b.submit("encode", IMG, _deadline()) for _ in range(4)))
+    assert time.monotonic() - t0 < 1.0
+    assert b.batches[-1].close_reason == "full" and b.batches[-1].size == 4
+    await b.drain(1.0)
+
+
+async def test_groups_by_op_and_shape() -> None:
+    b, _rt = await _batcher(max_batch=16, delay_s=0.02)
+    short = np.zeros((4, 4, 1), np.uint16)
+    long = np.zeros((4, 4, 2), np.uint16)
+    jobs = [b.submit("decode", short, _deadline()) for _ in range(3)]
+    jobs += [b.submit("decode", long, _deadline()) for _ in range(2)]
+    jobs += [b.submit("encode", IMG, _deadline()) for _ in range(2)]
+    await asyncio.gather(*jobs)
+    assert sorted((r.op, r.size) for r in b.batches) == [("decode", 2), ("decode", 3), ("encode", 2)]
+    await b.drain(1.0)
+
+
+async def test_queue_full_is_429_with_retry_after() -> None:
+    b, _rt = await _batcher(max_batch=1, delay_s=0.0, queue=3, rt_delay=0.05)
+    tasks = [asyncio.create_task(b.submit("encode", IMG, _deadline())) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded) as info:
+        await b.submit("encode", IMG, _deadline())
+    assert info.value.retry_after_s is not None and info.value.retry_after_s >= 1
+    await asyncio.gather(*tasks)
+    await b.submit("encode", IMG, _deadline())  # capacity is back
+    await b.drain(1.0)
+
+
+async def test_deadline_exceeded_and_expired_items_never_run() -> None:
+    b, rt = await _batcher(max_batch=1, delay_s=0.0, rt_delay=0.2)
+    first = asyncio.create_task(b.submit("encode", IMG, _deadline()))
+    await asyncio.sleep(0.02)
+    with pytest.raises(DeadlineExceeded):
+        await b.submit("encode", np.ones_like(IMG), time.monotonic() + 0.05)
+    await first
+    await asyncio.sleep(0.05)
+    assert rt.batch_sizes == [1]  # the expired item was dropped at batch formation
+    await b.drain(1.0)
+
+
+async def test_cancelled_client_is_skipped() -> None:
+    b, rt = await _batcher(max_batch=1, delay_s=0.0, rt_delay=0.1)
+    busy = asyncio.create_task(b.submit("encode", IMG, _deadline()))
+    await asyncio.sleep(0.02)
+    gone = asyncio.create_task(b.submit("encode", IMG, _deadline()))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await busy
+    await b.submit("encode", IMG, _deadline())
+    assert rt.batch_sizes == [1, 1]  # busy + the last one; the cancelled entry never reached the runtime
+    await b.drain(1.0)
+
+
+async def test_not_ready_before_attach_and_while_draining() -> None:
+    b = InProcessBatcher(BatchPolicy(4, 0.0))
+    await b.start()
+    with pytest.raises(NotReady):
+        await b.submit("encode", IMG, _deadline())
+    rt = ServiceFakeRuntime(delay_s=0.1)
+    b.attach(rt)
+    admitted = asyncio.create_task(b.submit("encode", IMG, _deadline()))
+    await asyncio.sleep(0.01)
+    drain = asyncio.create_task(b.drain(5.0))
+    await asyncio.sleep(0.01)
+    with pytest.raises(NotReady):
+        await b.submit("encode", IMG, _deadline())
+    assert (await admitted).shape == (4, 4, 4)  # admitted work finished during the drain
+    await drain
+    assert rt.closed and not b.alive

@@ -1,0 +1,139 @@
+"""End to end against a real uvicorn server (FakeRuntime model): batching, forms, disconnects, workers, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.service.conftest import png_bytes
+from tests.service.server import Server, metric_values, start_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+APP = ["uvicorn", "--factory", "tests.service.fake_app:build"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"EVOTOK_MAX_BATCH_SIZE": "8", "EVOTOK_MAX_QUEUE_DELAY_MS": "10", "EVOTOK_TEST_FAKE_DELAY_S": "0.02",
+           "EVOTOK_WARMUP_BATCH_SIZES": "[1]", "EVOTOK_MAX_QUEUE_SIZE": "64"}
+    srv = start_server(APP, env, tmp_path_factory.mktemp("srv") / "server.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+async def _burst(url: str, n: int, concurrency: int) -> list[httpx.Response]:
+    data = png_bytes()
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async def one(i: int) -> httpx.Response:
+            async with sem:
+                return await client.post("/encode", content=data, headers={"content-type": "image/png"})
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_forms_agree_over_http(server: Server) -> None:
+    data = png_bytes((90, 64), seed=2)
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        j = c.post("/encode", files={"image": ("a.png", data, "image/png")}).json()
+        n = c.post("/encode", content=data, headers={"content-type": "image/png", "accept": "application/x-npy"})
+        arr = np.load(io.BytesIO(n.content), allow_pickle=False)
+        np.testing.assert_array_equal(arr, np.array(j["codes"]))
+        png_json = c.post("/decode", json={"codes": j["codes"]})
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        png_npy = c.post("/decode", content=buf.getvalue(), headers={"content-type": "application/x-npy"})
+        assert png_json.status_code == 200 and png_json.content == png_npy.content
+        bad = c.post("/decode", json={"codes": [[[-1]]]})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_codes"
+        assert c.get("/healthz").status_code == 200
+
+
+def test_concurrent_requests_are_batched(server: Server) -> None:
+    responses = asyncio.run(_burst(server.url, 64, 32))
+    assert all(r.status_code == 200 for r in responses)
+    text = httpx.get(f"{server.url}/metrics").text
+    count = metric_values(text, "evotok_batch_size_count", endpoint="encode")[0]
+    total = metric_values(text, "evotok_batch_size_sum", endpoint="encode")[0]
+    at_most_one = metric_values(text, "evotok_batch_size_bucket", endpoint="encode", le="1.0")[0]
+    assert total >= 64
+    assert total / count > 1.5, (total, count)  # average batch well above 1
+    assert at_most_one < count  # some batches had more than one item
+
+
+def test_client_disconnect_is_detected(server: Server) -> None:
+    def disconnects() -> float:
+        return sum(metric_values(httpx.get(f"{server.url}/metrics").text, "evotok_client_disconnects_total"))
+
+    before = disconnects()
+
+    async def impatient() -> None:
+        # keep the runtime busy so the impatient request waits in the queue, then hang up
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            data = png_bytes()
+            busy = [asyncio.create_task(client.post("/encode", content=data, headers={"content-type": "image/png"}))
+                    for _ in range(40)]
+            await asyncio.sleep(0.05)
+            with pytest.raises(httpx.TimeoutException):
+                await client.post("/encode", content=data, headers={"content-type": "image/png"}, timeout=0.01)
+            await asyncio.gather(*busy)
+
+    asyncio.run(impatient())
+    deadline = time.monotonic() + 5
+    while disconnects() <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert disconnects() > before
+
+
+def test_two_workers_share_metrics(tmp_path: Path) -> None:
+    mp = tmp_path / "prom"
+    mp.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(mp), "EVOTOK_WARMUP_BATCH_SIZES": "[1]"}
+    srv = start_server([*APP, "--workers", "2"], env, tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        time.sleep(1.0)  # both workers up (readiness above may have come from one)
+        n = 20
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            for _ in range(n):
+                assert c.post("/encode", content=png_bytes(), headers={"content-type": "image/png"}).status_code == 200
+            counts = set()
+            for _ in range(6):  # whichever worker answers, it reports the sum over both
+                text = c.get("/metrics").text
+                counts.add(sum(metric_values(text, "evotok_http_requests_total", endpoint="encode", code="200")))
+        assert counts == {float(n)}, counts
+        assert len({p.name.split("_")[-1] for p in mp.glob("*.db")}) >= 2  # files from two processes
+    finally:
+        srv.stop()
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
+    env = {"EVOTOK_TEST_FAKE_DELAY_S": "0.3", "EVOTOK_MAX_BATCH_SIZE": "1", "EVOTOK_WARMUP_BATCH_SIZES": "[1]"}
+    srv = start_server(APP, env, tmp_path / "server.log")
+    srv.wait_ready()
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+            data = png_bytes()
+            tasks = [asyncio.create_task(client.post("/encode", content=data, headers={"content-type": "image/png"}))
+                     for _ in range(3)]
+            await asyncio.sleep(0.15)
+            srv.proc.send_signal(signal.SIGTERM)
+            return [r.status_code for r in await asyncio.gather(*tasks)]
+
+    try:
+        assert asyncio.run(run()) == [200, 200, 200]
+        assert srv.proc.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
+        assert "Application shutdown complete" in srv.log()
+    finally:
+        srv.stop()
