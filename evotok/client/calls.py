@@ -42,11 +42,15 @@ class Call(Generic[T]):
         return kw
 
 
-def _json(resp: httpx.Response) -> dict[str, Any]:
+def _json_any(resp: httpx.Response) -> Any:
     try:
-        body = resp.json()
+        return resp.json()
     except ValueError as exc:
         raise EvoTokError("bad_response", f"{resp.request.url.path}: not JSON: {exc}", resp.status_code) from exc
+
+
+def _json(resp: httpx.Response) -> dict[str, Any]:
+    body = _json_any(resp)
     if not isinstance(body, dict):
         raise EvoTokError("bad_response", f"{resp.request.url.path}: expected a JSON object", resp.status_code)
     return body
@@ -67,7 +71,8 @@ def _parse_encode(batched: bool) -> Callable[[httpx.Response, float], EncodeResu
             codes = wire.to_codes(wire.load_npy(resp.content))
             depth, model = codes.shape[-1], None
         else:
-            codes, depth, model = wire.parse_codes_json(_json(resp))
+            body = _json_any(resp)  # one result object, or a list of them (batch form)
+            codes, depth, model = wire.parse_codes_json({"results": body} if isinstance(body, list) else body)
         if batched and codes.ndim == 3:
             codes = codes[None]
         if not batched and codes.ndim == 4 and codes.shape[0] == 1:
@@ -86,11 +91,11 @@ def encode(image: wire.ImageInput, depth: int | None, fmt: str) -> Call[EncodeRe
 
 
 def encode_many(images: Sequence[wire.ImageInput], depth: int | None, fmt: str) -> Call[EncodeResult]:
-    """The batch form: several multipart ``image`` fields in one request -> ``(B, h, w, d)``."""
+    """The batch form: several multipart ``images`` fields in one request -> ``(B, h, w, d)``."""
     files = []
     for i, image in enumerate(images):
         data, ctype = wire.image_bytes(image)
-        files.append(("image", (f"image{i}", data, ctype)))
+        files.append(("images", (f"image{i}", data, ctype)))
     accept = wire.NPY if fmt == "npy" else "application/json"
     return Call("POST", "/encode", _parse_encode(True), params=_depth_params(depth),
                 headers={"Accept": accept}, files=files)
