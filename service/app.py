@@ -47,7 +47,7 @@ def default_runtime_factory(settings: Settings) -> Callable[[], Runtime]:
         options: dict[str, Any] = {}
         if settings.backend == "onnxruntime":
             options["providers"] = ("cuda", "cpu") if settings.device == "cuda" else ("cpu",)
-            options["engine_dir"] = settings.cache_dir
+            options["cache_dir"] = settings.cache_dir
             if settings.threads:
                 options["threads"] = settings.threads
         elif settings.backend == "torch":

@@ -53,6 +53,9 @@ async def start_inprocess(state: ServiceState, batcher: InProcessBatcher, factor
                 f"golden self-test failed: agreement {result.agreement:.4f} < threshold {result.threshold}"
                 f" (first mismatch at depth {result.first_mismatch_depth})"
             )
+            if result.details.get("reason"):
+                state.startup_error += f": {result.details['reason']}"
+
             log.error(state.startup_error)
             return
         batcher.attach(runtime)
