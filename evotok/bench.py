@@ -1,0 +1,47 @@
+"""``evotok bench <name>``: benchmark dispatcher; each benchmark is a script in ``bench/`` with ``main(argv)``.
+
+Usage::
+
+    evotok bench service [--backend onnxruntime] [--concurrency 1,2,4,8,16,32] [--json out.json]
+    evotok bench runtime | quantizer | queue ...
+
+Benchmarks live in the checkout's ``bench/`` folder (not in the installed package); they are loaded by path so
+they can import the package but never the other way round.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+from evotok.paths import REPO_ROOT
+
+# name -> (file in bench/, one-line help). Other benchmarks register here.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "service": ("service_bench.py", "HTTP API: batching off vs on, concurrency sweep, vs the runtime's own limit"),
+}
+
+
+def _load(filename: str) -> ModuleType:
+    path = REPO_ROOT / "bench" / filename
+    if not path.is_file():
+        raise SystemExit(f"evotok bench: {path} not found (benchmarks run from a source checkout)")
+    spec = importlib.util.spec_from_file_location(f"evotok_bench_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in BENCHMARKS:
+        width = max(len(n) for n in BENCHMARKS)
+        lines = ["usage: evotok bench <name> [options]", "", "benchmarks:"]
+        lines += [f"  {n.ljust(width)}  {h}" for n, (_, h) in BENCHMARKS.items()]
+        sys.stdout.write("\n".join(lines) + "\n")
+        return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    fn: Callable[[list[str]], int] = _load(BENCHMARKS[argv[0]][0]).main
+    return int(fn(argv[1:]) or 0)
