@@ -176,6 +176,7 @@ def export_onnx(
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the export is a shared cache
     try:
         used: set[str] = set()
         entries: dict[str, GraphEntry] = {}

@@ -58,3 +58,12 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_weights(tmp_path_factory.mktemp("small"), "evotok-small")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from evotok.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("tiny-onnx") / "export"
+    export_onnx(tiny_dir, out)
+    return out
