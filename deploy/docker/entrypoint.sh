@@ -3,13 +3,15 @@
 #
 #   api                 evotok serve on 0.0.0.0:$EVOTOK_PORT (builds engines first unless EVOTOK_QUEUE=redis)
 #   worker              evotok worker (Redis Streams consumer; builds engines first)
-#   export [ARGS...]    evotok export --out $EVOTOK_CACHE_DIR [ARGS...] (e.g. --trt, --check)
+#   export [ARGS...]    evotok export --cache-dir $EVOTOK_CACHE_DIR [ARGS...] (e.g. --trt, --check)
 #   healthcheck         exit 0 when the process in this container answers /healthz
 #   anything else       exec'd as given (e.g. `bash`, `evotok info`)
 #
 # Engines are built once per (weights, backend, precision, GPU, evotok version) into the cache volume
 # $EVOTOK_CACHE_DIR, under an flock so that several workers sharing one volume build them only once.
-# A stamp file records a finished build; `evotok export` owns the layout below the cache directory.
+# A stamp file records a finished build. `evotok export` owns the layout below the cache directory
+# (<cache>/<model>-<hash12>/ with the ONNX graphs and manifest, TensorRT engines keyed by GPU/TRT/ONNX hash)
+# and reuses a current export by itself; the stamp only saves the start-up cost of asking it.
 # Set EXPORT_ON_START=never to skip the check (engines provided some other way).
 set -euo pipefail
 
@@ -49,8 +51,12 @@ ensure_engines() {
     log "waiting for the engine-cache lock ($EVOTOK_CACHE_DIR/.evotok-export.lock)"
     flock 9
     if [ ! -f "$stamp" ]; then
-        local args=(--out "$EVOTOK_CACHE_DIR")
-        [ "$backend" = tensorrt ] && args+=(--trt)
+        local args=(--cache-dir "$EVOTOK_CACHE_DIR")
+        if [ "$backend" = tensorrt ]; then
+            args+=(--trt)
+            local precision="${EVOTOK_PRECISION:-fp16}"
+            case "$precision" in fp16|bf16) args+=(--precision "$precision") ;; esac
+        fi
         log "building engines (key $key): evotok export ${args[*]}"
         local t0=$SECONDS
         evotok export "${args[@]}"
@@ -73,7 +79,7 @@ case "$cmd" in
         exec evotok worker "$@"
         ;;
     export)
-        exec evotok export --out "$EVOTOK_CACHE_DIR" "$@"
+        exec evotok export --cache-dir "$EVOTOK_CACHE_DIR" "$@"
         ;;
     healthcheck)
         exec python /usr/local/lib/evotok/healthcheck.py "$@"

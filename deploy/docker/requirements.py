@@ -27,7 +27,7 @@ def requirements(pyproject: Path, extras: list[str]) -> list[str]:
     unknown = [e for e in extras if e not in optional]
     if unknown:
         raise SystemExit(f"unknown extra(s) {unknown}; known: {sorted(optional)}")
-    if EXCLUSIVE <= set(extras):
+    if set(extras) >= EXCLUSIVE:
         raise SystemExit("extras 'cpu' and 'gpu' are mutually exclusive (onnxruntime vs onnxruntime-gpu)")
     out: list[str] = []
     for req in [*project.get("dependencies", []), *(r for e in extras for r in optional[e])]:

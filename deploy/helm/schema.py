@@ -26,7 +26,7 @@ _KEEP = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMax
 
 # Chart-level meaning of empty values (documented in values.yaml).
 _CHART_NOTES = {
-    "redis_url": 'empty: the chart\'s own Redis (redis.enabled)',
+    "redis_url": "empty: the chart's own Redis (redis.enabled)",
     "redis_password": "empty: keep the release's existing password or generate one",
 }
 

@@ -1,0 +1,17 @@
+"""Fixtures for tests/deploy: the chart rendered once per session with default and all-features values."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.deploy.deploy_helpers import Rendered, all_features_values, render_chart
+
+
+@pytest.fixture(scope="session")
+def rendered_default() -> Rendered:
+    return render_chart(None, "default")
+
+
+@pytest.fixture(scope="session")
+def rendered_all() -> Rendered:
+    return render_chart(all_features_values(), "all-features")

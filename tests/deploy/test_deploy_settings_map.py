@@ -1,0 +1,136 @@
+"""Every EVOTOK_* name used by the deployment files is a real Settings field, and the chart maps 1:1.
+
+``Settings`` (evotok/service/settings.py) is the single definition of the service's configuration; the
+compose files, the env example, the Dockerfile, the entrypoint and the chart only ever *use* its names.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+from evotok.service.settings import Settings
+from tests.deploy.deploy_helpers import CHART, REPO, Rendered, env_example, run_compose
+
+FIELDS = set(Settings.model_fields)
+ENV_NAMES = {f"EVOTOK_{f.upper()}" for f in FIELDS}
+# files whose EVOTOK_* names must all be Settings fields
+DEPLOY_FILES = [
+    "docker-compose.yml",
+    "docker-compose.cpu.yml",
+    "Dockerfile",
+    "deploy/evotok.env.example",
+    "deploy/docker/entrypoint.sh",
+    "deploy/docker/healthcheck.py",
+    "deploy/smoke.sh",
+    "deploy/smoke_client.py",
+    *sorted(str(p.relative_to(REPO)) for p in (CHART / "templates").iterdir()),
+    str((CHART / "values.yaml").relative_to(REPO)),
+]
+_NAME = re.compile(r"\bEVOTOK_[A-Z0-9_]+\b")
+
+
+def test_field_list_is_not_empty() -> None:
+    assert {"backend", "queue", "redis_url", "redis_password", "worker_metrics_port"} <= FIELDS
+
+
+@pytest.mark.parametrize("path", DEPLOY_FILES)
+def test_every_evotok_variable_is_a_settings_field(path: str) -> None:
+    text = (REPO / path).read_text(encoding="utf-8")
+    # the chart builds names as EVOTOK_<KEY> from values; literal ones must still exist
+    unknown = sorted(set(_NAME.findall(text)) - ENV_NAMES)
+    assert unknown == [], f"{path}: not fields of Settings: {unknown}"
+
+
+def test_chart_settings_map_one_to_one() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    assert set(values["settings"]) == FIELDS, (
+        f"values.settings vs Settings: missing {sorted(FIELDS - set(values['settings']))}, "
+        f"extra {sorted(set(values['settings']) - FIELDS)}"
+    )
+    for role in ("api", "worker"):
+        assert set(values[role]["settings"]) <= FIELDS, role
+
+
+def test_values_schema_is_generated_from_settings() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "helm" / "schema.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def _settings_from_env(env: dict[str, str]) -> Settings:
+    """Build Settings exactly as a container would: from EVOTOK_* environment variables only."""
+    mp = pytest.MonkeyPatch()
+    try:
+        import os
+
+        for name in list(os.environ):
+            if name.startswith("EVOTOK_"):
+                mp.delenv(name)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        return Settings()
+    finally:
+        mp.undo()
+
+
+@pytest.mark.parametrize("fixture", ["rendered_default", "rendered_all"])
+def test_rendered_chart_env_parses_into_settings(fixture: str, request: pytest.FixtureRequest) -> None:
+    import base64
+
+    rendered: Rendered = request.getfixturevalue(fixture)
+    secret = {k: base64.b64decode(v).decode() for k, v in rendered.find("Secret")["data"].items()}
+    values: dict[str, Any] = {}
+    for role in ("api", "worker"):
+        cm = rendered.find("ConfigMap", f"-{role}")["data"]
+        # together with the Secret the pod environment names every field exactly once
+        assert set(cm) | set(secret) == ENV_NAMES and not set(cm) & set(secret), role
+        s = _settings_from_env({**cm, **secret})
+        values[role] = s
+    assert values["api"].queue == "redis" and values["worker"].queue == "redis"
+    assert values["worker"].backend == "tensorrt" and values["worker"].device == "cuda"
+    assert values["api"].host == "0.0.0.0"
+    assert values["worker"].redis_password is not None
+    assert values["api"].redis_url == values["worker"].redis_url
+
+
+def test_rendered_chart_keeps_large_integers_integral(rendered_default: Rendered) -> None:
+    """Helm reads numbers as float64; 268435456 must not become 2.68435456e+08."""
+    cm = rendered_default.find("ConfigMap", "-api")["data"]
+    assert cm["EVOTOK_REDIS_MAX_BYTES"] == "268435456"
+    assert cm["EVOTOK_MAX_IMAGE_PIXELS"] == "40000000"
+
+
+@pytest.mark.parametrize(
+    ("files", "services"),
+    [
+        (("docker-compose.yml",), ("api", "worker")),
+        (("docker-compose.yml", "docker-compose.cpu.yml"), ("api", "worker", "worker-1")),
+    ],
+    ids=["default", "cpu"],
+)
+def test_compose_env_parses_into_settings(files: tuple[str, ...], services: tuple[str, ...]) -> None:
+    res = run_compose(
+        ["--profile", "multi-gpu", "config", "--format", "json"], env=env_example(), files=files
+    )
+    assert res.returncode == 0, res.stderr
+    cfg = res.json()
+    for name in services:
+        env = {k: str(v) for k, v in cfg["services"][name]["environment"].items() if k.startswith("EVOTOK_")}
+        s = _settings_from_env(env)
+        assert s.queue == "redis" and s.redis_url == "redis://redis:6379/0", name
+        assert s.redis_password is not None
+        assert s.redis_password.get_secret_value() == env_example()["EVOTOK_REDIS_PASSWORD"]
+    api = _settings_from_env(
+        {k: str(v) for k, v in cfg["services"]["api"]["environment"].items() if k.startswith("EVOTOK_")}
+    )
+    assert [k.get_secret_value() for k in api.api_keys] == ["change-me-to-a-long-random-token"]
