@@ -196,3 +196,23 @@ def test_drain_on_shutdown_closes_runtime(app_client) -> None:  # type: ignore[n
     assert c.post("/encode", content=png_bytes(), headers={"content-type": "image/png"}).status_code == 200
     c.__exit__(None, None, None)
     assert rt.closed
+
+
+def test_overload_429_and_deadline_504_over_http(app_client) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = app_client(runtime=ServiceFakeRuntime(delay_s=0.3), max_queue_size=2, max_batch_size=1,
+                   request_timeout_s=0.5)
+    data = png_bytes()
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(c.post, "/encode", content=data, headers={"content-type": "image/png"})
+                   for _ in range(8)]
+        responses = [f.result() for f in futures]
+    codes = sorted(r.status_code for r in responses)
+    assert 429 in codes and 504 in codes and 200 in codes, codes
+    for r in responses:
+        if r.status_code == 429:
+            assert r.json()["error"]["code"] == "queue_full" and int(r.headers["retry-after"]) >= 1
+        if r.status_code == 504:
+            assert r.json()["error"]["code"] == "deadline_exceeded"
+    assert c.get("/healthz").status_code == 200
