@@ -113,17 +113,18 @@ class TensorRTRuntime(Runtime):
         plan = plan_engines(folder, manifest, dev, precision)
         if build:
             build_engines(folder, precision, device=dev)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        cuda = torch.device("cuda", device_index)
-        self.engines: dict[str, _Engine] = {}
-        for name, (_file, sha) in plan.sources.items():
+        checked: list[tuple[str, Path, EngineMeta]] = []
+        for name, (_file, sha) in plan.sources.items():  # check every engine before deserialising any
             path = plan.folder / f"{name}{ENGINE_SUFFIX}"
             meta_path = plan.folder / f"{name}{META_SUFFIX}"
             if not path.is_file() or not meta_path.is_file():
                 raise FileNotFoundError(f"no TensorRT engine for {name} at {path}; build it with `evotok export --trt`")
             meta = EngineMeta.load(meta_path)
             check_engine(meta, dev, sha, precision)
-            self.engines[name] = _Engine(trt, runtime, path, meta, cuda)
+            checked.append((name, path, meta))
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        cuda = torch.device("cuda", device_index)
+        self.engines = {name: _Engine(trt, runtime, path, meta, cuda) for name, path, meta in checked}
         cfg = EvoTokConfig.from_dict(card["config"])
         label = (f"tensorrt-{dev.trt_version}", dev.gpu_name, f"sm{dev.compute_capability}")
         self.info = model_info(card, cfg, manifest.weights_hash, backend="tensorrt", precision=precision,
