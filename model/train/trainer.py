@@ -20,6 +20,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,10 @@ class TrainConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+def threading_is_main() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 @dataclass
 class DistInfo:
     rank: int = 0
@@ -126,6 +132,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
+        # denormal floats (e.g. in gradients of unit-normalised features) slow x86 CPUs down several-fold
+        torch.set_flush_denormal(True)
         torch.manual_seed(tcfg.seed)
         self.cfg = model_cfg or get_preset(tcfg.preset)
         self.model = EvoTok(self.cfg).to(self.device)
@@ -284,8 +292,14 @@ class Trainer:
         last: dict[str, float] = {}
         bar = tqdm(total=t.steps, initial=self.step, disable=not (progress and self.dist.main), dynamic_ncols=True)
         start = time.monotonic() - self.elapsed_s
+        stop = {"flag": False}
+
+        def _graceful(signum: int, frame: Any) -> None:  # SIGTERM: finish the step, save, exit
+            stop["flag"] = True
+
+        previous = signal.signal(signal.SIGTERM, _graceful) if threading_is_main() else None
         try:
-            while self.step < t.steps:
+            while self.step < t.steps and not stop["flag"]:
                 if (time.monotonic() - start) / 60 >= t.max_minutes:
                     log.info("time budget of %.0f min spent at step %d", t.max_minutes, self.step)
                     break
@@ -315,6 +329,8 @@ class Trainer:
         finally:
             self.save()
             bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         return last
 
     @torch.no_grad()
