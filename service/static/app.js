@@ -148,7 +148,6 @@ async function run(file) {
   setStatus(`Encoding ${file.name}…`, "busy");
   $("results").hidden = false;
   for (const b of ["dl-npy", "dl-json", "dl-png"]) $(b).disabled = true;
-  await drawOriginal(file, info.image_size);
 
   const t0 = performance.now();
   const enc = await timed("/encode", {
@@ -159,6 +158,7 @@ async function run(file) {
   state.encodeJson = await enc.resp.text();
   const body = JSON.parse(state.encodeJson);
   state.codes = body.codes;
+  await drawOriginal(file, info.image_size); // after /encode: the server's verdict on the bytes comes first
   drawGrids(state.codes, info.codebook_size);
   setStatus("Decoding each prefix depth…", "busy");
 
