@@ -205,3 +205,15 @@ def wait_live_workers(server: RedisServer, prefix: str, n: int, timeout_s: float
     finally:
         c.close()
     raise TimeoutError(f"fewer than {n} live workers")
+
+
+def metric_sum(text: str, sample: str, **labels: str) -> float:
+    """Sum of the samples named ``sample`` whose labels include ``labels`` in a Prometheus text page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
