@@ -21,6 +21,8 @@ from evotok.paths import REPO_ROOT
 # name -> (file in bench/, one-line help). Other benchmarks register here.
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "service": ("service_bench.py", "HTTP API: batching off vs on, concurrency sweep, vs the runtime's own limit"),
+    "runtime": ("runtime_bench.py", "encode/decode images/s: torch eager vs ONNX Runtime CPU, vs the matmul rate"),
+    "quantizer": ("quantizer_bench.py", "residual quantizer alone vs vector-quantize-pytorch ResidualVQ"),
 }
 
 
