@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from queue_harness import RedisServer
+from tests.queue.queue_harness import RedisServer
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import redis
@@ -217,3 +218,163 @@ def metric_sum(text: str, sample: str, **labels: str) -> float:
             if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
+
+
+def write_fake_model_card(folder: Path) -> Path:
+    """A model folder with only ``config.json`` describing ``FakeRuntime()``'s shapes (the API in redis mode
+    reads its model card there; the workers run the FakeRuntime)."""
+    import json
+
+    from evotok.export.fake import FakeRuntime
+    from evotok.model.config import EvoTokConfig, PixelDecoderConfig, QuantizerConfig, SemanticDecoderConfig
+
+    info = FakeRuntime().info
+    cfg = EvoTokConfig(
+        name=info.name, image_size=info.image_size, grid=info.grid, latent_dim=8,
+        quantizer=QuantizerConfig(num_depths=info.num_depths, codebook_size=info.codebook_size, dim=8),
+        pixel_decoder=PixelDecoderConfig(depth=info.pixel_depth, ch_mult=(1, 1, 1, 1, 1)),
+        semantic_decoder=SemanticDecoderConfig(depth=info.semantic_depth, out_dim=info.semantic_dim),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"name": info.name, "hash": info.weights_hash,
+                                                    "config": cfg.to_dict()}))
+    return folder
+
+
+@dataclass
+class ApiProc:
+    """A real uvicorn API process: ``evotok serve --queue redis`` or the in-process fake app."""
+
+    env: dict[str, str]
+    logdir: Path
+    name: str
+    inprocess_fake: bool = False
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.logdir / f"api-{self.name}.log", "wb")  # noqa: SIM115
+        if self.inprocess_fake:
+            cmd = [sys.executable, "-m", "uvicorn", "--factory", "tests.service.fake_app:build",
+                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        else:
+            cmd = [sys.executable, "-m", "evotok.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--queue", "redis", "--log-level", "warning"]
+        env = {**self.env, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def wait_up(self, timeout_s: float = 60.0, path: str = "/healthz") -> None:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            assert self.proc is not None and self.proc.poll() is None, f"api {self.name} exited"
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.url + path, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.1)
+        raise TimeoutError(f"api {self.name} not up")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def png_bytes(arr: Any) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class Outcome:
+    """One HTTP request of a load run."""
+
+    started: float  # time.monotonic()
+    finished: float
+    status: int  # 0 = no HTTP answer (lost: transport error / client timeout)
+    correct: bool | None  # for 200: codes equal the expectation
+    code: str = ""  # error code from the JSON error body
+    retry_after: str | None = None
+
+    @property
+    def latency(self) -> float:
+        return self.finished - self.started
+
+
+async def encode_load(urls: list[str], images: list[bytes], expected: list[Any], *, n: int | None = None,
+                      duration_s: float | None = None, concurrency: int = 32,
+                      rate_per_s: float | None = None, client_timeout_s: float = 45.0) -> list[Outcome]:
+    """POST /encode (raw PNG body) round-robin over ``urls``; ``n`` requests or for ``duration_s``.
+
+    With ``rate_per_s`` requests are started open-loop at that rate (capped by ``concurrency`` in flight).
+    """
+    import asyncio
+
+    import httpx
+    import numpy as np
+
+    outcomes: list[Outcome] = []
+    t0 = time.monotonic()
+    counter = 0
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+
+    def more() -> bool:
+        if n is not None and counter >= n:
+            return False
+        return not (duration_s is not None and time.monotonic() - t0 >= duration_s)
+
+    async with httpx.AsyncClient(timeout=client_timeout_s, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            k = i % len(images)
+            started = time.monotonic()
+            try:
+                r = await client.post(urls[i % len(urls)] + "/encode", content=images[k],
+                                      headers={"content-type": "image/png", "accept": "application/json"})
+            except httpx.HTTPError:
+                outcomes.append(Outcome(started, time.monotonic(), 0, None))
+                return
+            finally:
+                sem.release()
+            done = time.monotonic()
+            if r.status_code == 200:
+                got = np.asarray(r.json()["codes"], dtype=np.uint16)
+                outcomes.append(Outcome(started, done, 200, bool(np.array_equal(got, expected[k]))))
+            else:
+                try:
+                    code = str(r.json()["error"]["code"])
+                except (ValueError, KeyError, TypeError):
+                    code = "?"
+                outcomes.append(Outcome(started, done, r.status_code, None, code, r.headers.get("retry-after")))
+
+        tasks: list[asyncio.Task[None]] = []
+        while more():
+            await sem.acquire()
+            if rate_per_s is not None:
+                due = t0 + counter / rate_per_s
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(counter)))
+            counter += 1
+        await asyncio.gather(*tasks)
+    return outcomes

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from queue_harness import RedisServer, WorkerProc, metric_sum, queue_env, wait_live_workers
+from tests.queue.queue_harness import RedisServer, WorkerProc, metric_sum, queue_env, wait_live_workers
 
 from evotok.export.fake import FakeRuntime
 from evotok.service.errors import BackendError, DeadlineExceeded, NotReady, Overloaded

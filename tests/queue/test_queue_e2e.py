@@ -1,0 +1,174 @@
+"""End to end over real processes: 2 API replicas (uvicorn, EVOTOK_QUEUE=redis) + 2 `evotok worker`s.
+
+- codes equal those of the in-process path (a third uvicorn with the embedded batcher);
+- SIGKILL a worker three times (restarting it) under >= 1,000 requests: zero lost, zero wrong;
+- kill and restart redis-server under load: fast 503s during the outage, recovery within 5 s, no exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.queue.queue_harness import (
+    ApiProc,
+    Outcome,
+    RedisServer,
+    WorkerProc,
+    encode_load,
+    png_bytes,
+    queue_env,
+    wait_live_workers,
+    write_fake_model_card,
+)
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
+PREFIX = "e2e"
+
+
+@dataclass
+class Cluster:
+    redis: RedisServer
+    workers: list[WorkerProc]
+    apis: list[ApiProc]
+    reference: ApiProc
+    images: list[bytes]
+    expected: list[np.ndarray]
+
+    @property
+    def urls(self) -> list[str]:
+        return [a.url for a in self.apis]
+
+    def all_alive(self) -> bool:
+        return all(p.alive() for p in [*self.workers, *self.apis])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("queue-e2e")
+    server = RedisServer(root / "redis")
+    server.start()
+    card = write_fake_model_card(root / "model")
+    env = queue_env(server.url, PREFIX, EVOTOK_WEIGHTS=str(card), EVOTOK_BACKEND="onnxruntime")
+    workers = [WorkerProc(env, f"w{i}", root, fake_delay_ms=10) for i in range(2)]
+    apis = [ApiProc(env, root, f"api{i}") for i in range(2)]
+    ref_env = {**queue_env(server.url, PREFIX), "EVOTOK_QUEUE": "inprocess", "EVOTOK_WARMUP_BATCH_SIZES": "[1]"}
+    reference = ApiProc(ref_env, root, "inprocess", inprocess_fake=True)
+    procs = [*workers, *apis, reference]
+    try:
+        for p in procs:
+            p.start()
+        for w in workers:
+            w.wait_ready()
+        for a in apis:
+            a.wait_up()
+        reference.wait_up(path="/readyz")
+        wait_live_workers(server, PREFIX, 2)
+        rng = np.random.default_rng(1)
+        arrays = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(48)]
+        images = [png_bytes(a) for a in arrays]
+        expected = []
+        for img in images:  # the in-process path is the reference
+            r = httpx.post(reference.url + "/encode", content=img, headers={"content-type": "image/png"}, timeout=30)
+            assert r.status_code == 200, r.text
+            expected.append(np.asarray(r.json()["codes"], dtype=np.uint16))
+        yield Cluster(server, workers, apis, reference, images, expected)
+    finally:
+        for p in procs:
+            p.stop()
+        server.stop()
+
+
+def summarize(outcomes: list[Outcome]) -> Counter[str]:
+    return Counter(f"{o.status}:{o.code}" if o.status != 200 else ("200:ok" if o.correct else "200:WRONG")
+                   for o in outcomes)
+
+
+def test_two_apis_two_workers_equal_inprocess(cluster: Cluster) -> None:
+    outcomes = asyncio.run(encode_load(cluster.urls, cluster.images, cluster.expected, n=96, concurrency=16))
+    assert summarize(outcomes) == Counter({"200:ok": 96})
+    # both replicas and both workers took part
+    for w in cluster.workers:
+        assert "evotok_batch_items_total" in w.metrics()
+    for api in cluster.apis:
+        page = httpx.get(api.url + "/metrics", timeout=5).text
+        assert 'endpoint="encode"' in page
+
+
+@pytest.mark.slow
+def test_sigkill_worker_three_times_loses_nothing(cluster: Cluster) -> None:
+    kills: list[float] = []
+
+    async def chaos() -> None:
+        rnd = random.Random(7)
+        for _ in range(3):
+            await asyncio.sleep(1.5)
+            victim = cluster.workers[rnd.randrange(2)]
+            await asyncio.to_thread(victim.kill, signal.SIGKILL)
+            kills.append(time.monotonic())
+            victim.start()  # same consumer name: re-reads its own pending entries first
+
+    async def main() -> list[Outcome]:
+        load = asyncio.create_task(encode_load(cluster.urls, cluster.images, cluster.expected, n=1200,
+                                               concurrency=32))
+        await chaos()
+        return await load
+
+    outcomes = asyncio.run(main())
+    summary = summarize(outcomes)
+    print("sigkill x3 under load:", dict(summary))
+    assert len(kills) == 3
+    assert len(outcomes) == 1200
+    assert summary["200:WRONG"] == 0, summary  # zero wrong
+    assert all(o.status != 0 for o in outcomes), summary  # zero lost: every request got an HTTP answer
+    errors = [o for o in outcomes if o.status != 200]
+    assert all(o.code in {"not_ready", "queue_full", "deadline_exceeded", "backend_error"} for o in errors), summary
+    assert summary["200:ok"] >= 0.9 * len(outcomes), summary
+    for w in cluster.workers:
+        w.wait_ready()
+    redis = cluster.redis.client()
+    assert sum(redis.xlen(f"{PREFIX}:req:{op}") for op in ("encode", "decode", "embed_image", "embed_codes")) == 0
+
+
+@pytest.mark.slow
+def test_redis_restart_under_load(cluster: Cluster) -> None:
+    marks: dict[str, float] = {}
+
+    async def outage() -> None:
+        await asyncio.sleep(2.0)
+        marks["down"] = time.monotonic()
+        await asyncio.to_thread(cluster.redis.stop)
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(cluster.redis.start)
+        marks["up"] = time.monotonic()
+
+    async def main() -> list[Outcome]:
+        load = asyncio.create_task(encode_load(cluster.urls, cluster.images, cluster.expected, duration_s=12.0,
+                                               concurrency=16))
+        await outage()
+        return await load
+
+    outcomes = asyncio.run(main())
+    summary = summarize(outcomes)
+    print("redis restart under load:", dict(summary))
+    down, up = marks["down"], marks["up"]
+    assert summary["200:WRONG"] == 0 and all(o.status != 0 for o in outcomes), summary
+    during = [o for o in outcomes if down + 0.2 < o.started < up - 0.2]
+    assert during and all(o.status == 503 for o in during), Counter(o.status for o in during)
+    assert max(o.latency for o in during) < 1.0  # fast 503s, no hanging on a dead Redis
+    first_ok = min(o.finished for o in outcomes if o.status == 200 and o.started > up)
+    print(f"recovered {first_ok - up:.2f} s after redis returned")
+    assert first_ok - up < 5.0
+    late = [o for o in outcomes if o.started > up + 5.0]
+    assert late and all(o.status == 200 for o in late), Counter(o.status for o in late)
+    assert cluster.all_alive()  # nothing exited
