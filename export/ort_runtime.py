@@ -117,6 +117,9 @@ class OrtRuntime(Runtime):
         self.sessions: dict[str, Any] = {}
         real: list[str] = []
         edir = Path(engine_dir) if engine_dir is not None else None
+        if edir is not None and "tensorrt" in providers:
+            for name in manifest.graphs:
+                (edir / name).mkdir(parents=True, exist_ok=True)
         for name, entry in manifest.graphs.items():
             plist = provider_list(providers, name, precision=precision, engine_dir=edir)
             sess = factory(str(folder / entry.file), so, plist)
