@@ -143,11 +143,21 @@ def load_model(folder: Path | str, *, verify: bool = True, device: str = "cpu") 
 
     loaded = load_weights(folder, verify=verify)
     model = EvoTok(loaded.config, pretrained_backbone=False)
-    missing, unexpected = model.load_state_dict(loaded.state, strict=False)
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(loaded.state))
+    unexpected = sorted(set(loaded.state) - set(ours))
+    wrong = [k for k in set(ours) & set(loaded.state) if ours[k].shape != loaded.state[k].shape]
+    if wrong:
+        k = sorted(wrong)[0]
+        raise CheckpointError(
+            f"{folder}: weights do not match config {loaded.config.name!r}: {len(wrong)} tensors have other shapes, "
+            f"e.g. {k}: file {tuple(loaded.state[k].shape)} vs config {tuple(ours[k].shape)}"
+        )
     if missing or unexpected:
         raise CheckpointError(
             f"{folder}: weights do not match config {loaded.config.name!r}: "
-            f"missing {sorted(missing)[:8]}{'...' if len(missing) > 8 else ''}, "
-            f"unexpected {sorted(unexpected)[:8]}{'...' if len(unexpected) > 8 else ''}"
+            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
         )
+    model.load_state_dict(loaded.state, strict=True)
     return model.to(device).eval(), loaded

@@ -55,6 +55,10 @@ class QuantizerConfig:
     warmup_steps: int = 2000  # embed_ema frozen before this many updates (official quirk, see reference 3.3)
     restart_unused: bool = True
     restart_threshold: float = 1.0  # a code whose EMA count falls below this is re-seeded
+    # The reference divides the EMA sums by max(1, smoothed count). That floor assumes >= ~2 vectors per code
+    # per step (65536 per step for 32768 codes); with fewer it shrinks rarely used codes toward zero and the
+    # codebook collapses. 0 gives the textbook EMA-VQ mean (Laplace-smoothed counts, no floor).
+    count_floor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,8 @@ def _small() -> EvoTokConfig:
         ),
         # ~1024 residuals per step for 1024 codes: "dead" means used at < 5% of the uniform rate
         quantizer=QuantizerConfig(
-            num_depths=16, codebook_size=1024, dim=32, decay=0.99, warmup_steps=200, restart_threshold=0.05
+            num_depths=16, codebook_size=1024, dim=32, decay=0.99, warmup_steps=200, restart_threshold=0.05,
+            count_floor=0.0,
         ),
         pixel_decoder=PixelDecoderConfig(
             depth=4, z_channels=128, ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, norm_groups=8

@@ -87,7 +87,7 @@ class VQCodebook(nn.Module):
             self.cluster_size_ema[dead] = 1.0
         total = self.cluster_size_ema.sum()
         norm = total * (self.cluster_size_ema + cfg.eps) / (total + k * cfg.eps)
-        self.weight[:k] = self.embed_ema / norm.clamp(min=1.0).unsqueeze(1)
+        self.weight[:k] = self.embed_ema / norm.clamp(min=cfg.count_floor).unsqueeze(1)
 
     def _restart_candidates(self, r: Tensor) -> Tensor:
         """``(K, C)`` random current residuals (gathered from all ranks, chosen on rank 0, broadcast)."""

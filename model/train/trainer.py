@@ -61,7 +61,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     w_mse: float = 1.0
-    w_perceptual: float = 1.0
+    w_perceptual: float = 0.1  # our feature distance is ~10x LPIPS in scale (4 taps of unit vectors)
     w_adv: float = 0.1
     disc_start: int = 1500
     disc_ndf: int = 16

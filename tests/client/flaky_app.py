@@ -50,16 +50,21 @@ def app_factory() -> FastAPI:
                 headers["Retry-After"] = formatdate(time.time() + 2, usegmt=True)
             elif retry_after != "none":
                 headers["Retry-After"] = retry_after
-            return JSONResponse({"error": {"code": code, "message": "try again later", "status": status}},
-                                status_code=status, headers=headers)
-        return JSONResponse({"codes": CODES, "shape": [2, 2, 2], "depth": 2,
-                             "model": {"name": "flaky", "weights_hash": "ab"}})
+            return JSONResponse(
+                {"error": {"code": code, "message": "try again later", "status": status}},
+                status_code=status,
+                headers=headers,
+            )
+        return JSONResponse(
+            {"codes": CODES, "shape": [2, 2, 2], "depth": 2, "model": {"name": "flaky", "weights_hash": "ab"}}
+        )
 
     @app.post("/decode")
     async def decode() -> JSONResponse:
         seen["calls"] += 1
         seen["times"].append(time.time())
-        return JSONResponse({"error": {"code": "invalid_codes", "message": "bad codes", "status": 422}},
-                            status_code=422)
+        return JSONResponse(
+            {"error": {"code": "invalid_codes", "message": "bad codes", "status": 422}}, status_code=422
+        )
 
     return app

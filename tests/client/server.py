@@ -28,8 +28,15 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE_SHAPE: dict[str, Any] = dict(image_size=256, grid=16, num_depths=16, codebook_size=4096, pixel_depth=4,
-                                  semantic_depth=16, semantic_dim=16)
+FAKE_SHAPE: dict[str, Any] = dict(
+    image_size=256,
+    grid=16,
+    num_depths=16,
+    codebook_size=4096,
+    pixel_depth=4,
+    semantic_depth=16,
+    semantic_dim=16,
+)
 
 
 def fake_runtime(delay_s: float = 0.0) -> Any:
@@ -82,18 +89,44 @@ class Server:
                 self.proc.wait(timeout=5)
 
 
-def start_server(tmp: Path, *, runtime: str = "fake", env: dict[str, str] | None = None,
-                 app: str = "tests.client.server:app_factory", ready_path: str = "/readyz",
-                 timeout_s: float = 120.0) -> Server:
+def start_server(
+    tmp: Path,
+    *,
+    runtime: str = "fake",
+    env: dict[str, str] | None = None,
+    app: str = "tests.client.server:app_factory",
+    ready_path: str = "/readyz",
+    timeout_s: float = 120.0,
+) -> Server:
     port = free_port()
-    full_env = {**os.environ, "EVOTOK_TEST_RUNTIME": runtime, "EVOTOK_WARMUP_BATCH_SIZES": "[1]",
-                "EVOTOK_MAX_QUEUE_DELAY_MS": "2", "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {
+        **os.environ,
+        "EVOTOK_TEST_RUNTIME": runtime,
+        "EVOTOK_WARMUP_BATCH_SIZES": "[1]",
+        "EVOTOK_MAX_QUEUE_DELAY_MS": "2",
+        "PYTHONPATH": str(REPO),
+        **(env or {}),
+    }
     log_path = tmp / f"uvicorn-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
-            cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=REPO,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     server = Server(f"http://127.0.0.1:{port}", proc, log_path)
     deadline = time.monotonic() + timeout_s

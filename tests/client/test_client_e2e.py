@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,21 @@ def jpeg(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-PHOTOS = {"astronaut": skimage.data.astronaut(), "chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee()}
+PHOTOS = {
+    "astronaut": skimage.data.astronaut(),
+    "chelsea": skimage.data.chelsea(),
+    "coffee": skimage.data.coffee(),
+}
 
 
 def expected_codes(data: bytes) -> np.ndarray:
     pixels = prepare_image(data, FAKE_SHAPE["image_size"], "center-crop", 40_000_000)
-    return fake_runtime().encode(pixels[None])[0]
+    codes: np.ndarray = fake_runtime().encode(pixels[None])[0]
+    return codes
 
 
 @pytest.fixture(scope="module")
-def client(server: Server) -> Client:
+def client(server: Server) -> Iterator[Client]:
     with Client(server.url, retry=RetryPolicy(max_retries=1, base_delay_s=0.01)) as c:
         yield c
 
@@ -122,8 +128,11 @@ def test_errors_are_typed(client: Client) -> None:
 
 
 def test_async_client_concurrent(server: Server) -> None:
-    blobs = [jpeg(np.ascontiguousarray(PHOTOS[n][::-1] if i % 2 else PHOTOS[n]))
-             for i in range(4) for n in sorted(PHOTOS)]
+    blobs = [
+        jpeg(np.ascontiguousarray(PHOTOS[n][::-1] if i % 2 else PHOTOS[n]))
+        for i in range(4)
+        for n in sorted(PHOTOS)
+    ]
 
     async def main() -> list[np.ndarray]:
         async with AsyncClient(server.url, max_concurrency=6) as c:

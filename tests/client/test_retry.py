@@ -61,7 +61,10 @@ def test_exponential_backoff_without_retry_after(tmp_path: Path) -> None:
 
 def test_gives_up_with_typed_error(tmp_path: Path) -> None:
     env = {"FLAKY_FAILURES": "100", "FLAKY_STATUS": "429", "FLAKY_RETRY_AFTER": "0"}
-    with running_server(tmp_path, app=APP, env=env) as s, Client(s.url, retry=RetryPolicy(max_retries=3, base_delay_s=0.01)) as c:
+    with (
+        running_server(tmp_path, app=APP, env=env) as s,
+        Client(s.url, retry=RetryPolicy(max_retries=3, base_delay_s=0.01)) as c,
+    ):
         with pytest.raises(EvoTokError) as info:
             c.encode(PNG)
         assert len(calls(s.url)) == 4  # first try + 3 retries

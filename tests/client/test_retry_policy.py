@@ -33,7 +33,9 @@ def test_jitter_stays_in_the_upper_half() -> None:
 
 
 def test_error_body_parsing() -> None:
-    err = EvoTokError.from_response(413, b'{"error": {"code": "payload_too_large", "message": "big", "status": 413}}')
+    err = EvoTokError.from_response(
+        413, b'{"error": {"code": "payload_too_large", "message": "big", "status": 413}}'
+    )
     assert (err.code, err.message, err.status) == ("payload_too_large", "big", 413)
     proxy = EvoTokError.from_response(502, b"<html>Bad Gateway</html>")
     assert (proxy.code, proxy.status) == ("http_502", 502) and "Bad Gateway" in proxy.message

@@ -16,7 +16,7 @@ class FakeSession:
     def __init__(self, path: str, providers: list[Any], honour: bool) -> None:
         self.path = path
         names = [p[0] if isinstance(p, tuple) else p for p in providers]
-        self._got = names + ["CPUExecutionProvider"] if honour else ["CPUExecutionProvider"]
+        self._got = [*names, "CPUExecutionProvider"] if honour else ["CPUExecutionProvider"]
 
     def get_providers(self) -> list[str]:
         return list(dict.fromkeys(self._got))

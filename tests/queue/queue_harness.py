@@ -127,7 +127,7 @@ def queue_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
         "EVOTOK_QUEUE": "redis",
         "EVOTOK_REDIS_URL": redis_url,
         "EVOTOK_REDIS_PREFIX": prefix,
-        "EVOTOK_WORKER_HEARTBEAT_S": "0.5",
+        "EVOTOK_WORKER_HEARTBEAT_S": "1.0",
         "EVOTOK_WORKER_CLAIM_IDLE_MS": "1000",
         "EVOTOK_MAX_BATCH_SIZE": "8",
         "EVOTOK_MAX_QUEUE_DELAY_MS": "5",
@@ -313,6 +313,7 @@ class Outcome:
     correct: bool | None  # for 200: codes equal the expectation
     code: str = ""  # error code from the JSON error body
     retry_after: str | None = None
+    message: str = ""
 
     @property
     def latency(self) -> float:
@@ -361,10 +362,11 @@ async def encode_load(urls: list[str], images: list[bytes], expected: list[Any],
                 outcomes.append(Outcome(started, done, 200, bool(np.array_equal(got, expected[k]))))
             else:
                 try:
-                    code = str(r.json()["error"]["code"])
+                    code, message = str(r.json()["error"]["code"]), str(r.json()["error"]["message"])
                 except (ValueError, KeyError, TypeError):
-                    code = "?"
-                outcomes.append(Outcome(started, done, r.status_code, None, code, r.headers.get("retry-after")))
+                    code, message = "?", r.text[:200]
+                outcomes.append(Outcome(started, done, r.status_code, None, code, r.headers.get("retry-after"),
+                                        message))
 
         tasks: list[asyncio.Task[None]] = []
         while more():

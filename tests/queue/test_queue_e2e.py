@@ -89,6 +89,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         server.stop()
 
 
+def error_messages(outcomes: list[Outcome]) -> Counter[str]:
+    return Counter(o.message for o in outcomes if o.status != 200)
+
+
 def summarize(outcomes: list[Outcome]) -> Counter[str]:
     return Counter(f"{o.status}:{o.code}" if o.status != 200 else ("200:ok" if o.correct else "200:WRONG")
                    for o in outcomes)
@@ -126,7 +130,7 @@ def test_sigkill_worker_three_times_loses_nothing(cluster: Cluster) -> None:
 
     outcomes = asyncio.run(main())
     summary = summarize(outcomes)
-    print("sigkill x3 under load:", dict(summary))
+    print("sigkill x3 under load:", dict(summary), dict(error_messages(outcomes)))
     assert len(kills) == 3
     assert len(outcomes) == 1200
     assert summary["200:WRONG"] == 0, summary  # zero wrong
@@ -146,10 +150,11 @@ def test_redis_restart_under_load(cluster: Cluster) -> None:
 
     async def outage() -> None:
         await asyncio.sleep(2.0)
+        await asyncio.to_thread(cluster.redis.stop)  # SIGKILL; returns once the pid is gone and the port closed
         marks["down"] = time.monotonic()
-        await asyncio.to_thread(cluster.redis.stop)
         await asyncio.sleep(3.0)
-        await asyncio.to_thread(cluster.redis.start)
+        marks["restarting"] = time.monotonic()
+        await asyncio.to_thread(cluster.redis.start)  # returns once it answers PING
         marks["up"] = time.monotonic()
 
     async def main() -> list[Outcome]:
@@ -160,10 +165,10 @@ def test_redis_restart_under_load(cluster: Cluster) -> None:
 
     outcomes = asyncio.run(main())
     summary = summarize(outcomes)
-    print("redis restart under load:", dict(summary))
+    print("redis restart under load:", dict(summary), dict(error_messages(outcomes)))
     down, up = marks["down"], marks["up"]
     assert summary["200:WRONG"] == 0 and all(o.status != 0 for o in outcomes), summary
-    during = [o for o in outcomes if down + 0.2 < o.started < up - 0.2]
+    during = [o for o in outcomes if down < o.started and o.finished < marks["restarting"]]
     assert during and all(o.status == 503 for o in during), Counter(o.status for o in during)
     assert max(o.latency for o in during) < 1.0  # fast 503s, no hanging on a dead Redis
     first_ok = min(o.finished for o in outcomes if o.status == 200 and o.started > up)

@@ -216,3 +216,13 @@ def test_overload_429_and_deadline_504_over_http(app_client) -> None:  # type: i
         if r.status_code == 504:
             assert r.json()["error"]["code"] == "deadline_exceeded"
     assert c.get("/healthz").status_code == 200
+
+
+def test_batch_form_larger_than_the_queue_is_429(app_client) -> None:  # type: ignore[no-untyped-def]
+    rt = ServiceFakeRuntime()
+    c = app_client(runtime=rt, max_queue_size=2, max_queue_delay_ms=50.0)
+    files = [("images", (f"{i}.png", png_bytes(seed=i), "image/png")) for i in range(3)]
+    r = c.post("/encode", files=files)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
+    assert sum(rt.batch_sizes) == 0  # the two admitted siblings were cancelled before their batch formed
+    assert c.post("/encode", files=files[:2]).status_code == 200

@@ -34,8 +34,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def evotok(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "evotok.cli", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "evotok.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+    )
 
 
 @pytest.mark.e2e
@@ -85,11 +91,25 @@ def test_local_mode_equals_server(photos: Path, server: Server, tmp_path: Path) 
 @pytest.mark.e2e
 def test_unreadable_image_fails_cleanly(photos: Path, server: Server, tmp_path: Path) -> None:
     out = tmp_path / "codes.npy"
-    r = evotok("encode", str(photos / "people/astronaut.jpg"), str(photos / "broken/alpha.png"), "-o", str(out),
-               "--server", server.url)
+    r = evotok(
+        "encode",
+        str(photos / "people/astronaut.jpg"),
+        str(photos / "broken/alpha.png"),
+        "-o",
+        str(out),
+        "--server",
+        server.url,
+    )
     assert r.returncode == 1 and "invalid_image" in r.stderr and "alpha.png" in r.stderr
     assert not out.exists()
-    r = evotok("encode", str(photos / "people/astronaut.jpg"), "-o", str(tmp_path / "codes.txt"), "--server", server.url)
+    r = evotok(
+        "encode",
+        str(photos / "people/astronaut.jpg"),
+        "-o",
+        str(tmp_path / "codes.txt"),
+        "--server",
+        server.url,
+    )
     assert r.returncode == 2 and ".npy or .json" in r.stderr
     r = evotok("decode", str(tmp_path / "missing.npy"), "-o", str(tmp_path / "o.png"), "--server", server.url)
     assert r.returncode == 1

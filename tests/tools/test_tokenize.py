@@ -42,10 +42,12 @@ class CountingRuntime:
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         self.encoded += len(images)
-        return self.inner.encode(images)
+        codes: np.ndarray = self.inner.encode(images)
+        return codes
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        return self.inner.decode(codes)
+        images: np.ndarray = self.inner.decode(codes)
+        return images
 
     def close(self) -> None:
         pass
@@ -87,8 +89,10 @@ def test_shards_and_manifests(dataset: tuple[Path, dict[str, tuple[int, int]]], 
     top = json.loads((out / "manifest.json").read_text())
     assert top["num_files"] == 14 and top["num_images"] == len(GOOD) and top["num_failures"] == 2
     assert top["model"]["name"] == "fake" and top["model"]["weights_hash"] == "0" * 64
-    assert {f["path"]: f["code"] for f in top["failures"]} == {"broken/alpha.png": "invalid_image",
-                                                              "broken/truncated.jpg": "invalid_image"}
+    assert {f["path"]: f["code"] for f in top["failures"]} == {
+        "broken/alpha.png": "invalid_image",
+        "broken/truncated.jpg": "invalid_image",
+    }
     runtime = fake_runtime()
     from evotok.service.imaging import prepare_image
 
@@ -139,7 +143,9 @@ def test_interrupted_then_resumed_is_byte_identical(
     assert snapshot(tmp_path / "resumed") == snapshot(tmp_path / "straight")
 
 
-def test_rank_sharding_matches_single_process(dataset: tuple[Path, dict[str, tuple[int, int]]], tmp_path: Path) -> None:
+def test_rank_sharding_matches_single_process(
+    dataset: tuple[Path, dict[str, tuple[int, int]]], tmp_path: Path
+) -> None:
     root, _ = dataset
     run_local(root, tmp_path / "one")
     r1, _ = run_local(root, tmp_path / "two", rank=1, world_size=2)
@@ -151,41 +157,74 @@ def test_rank_sharding_matches_single_process(dataset: tuple[Path, dict[str, tup
     assert again.shards_written == [] and rt.encoded == 0
 
 
-def test_resume_refuses_a_different_run(dataset: tuple[Path, dict[str, tuple[int, int]]], tmp_path: Path) -> None:
+def test_resume_refuses_a_different_run(
+    dataset: tuple[Path, dict[str, tuple[int, int]]], tmp_path: Path
+) -> None:
     root, _ = dataset
     run_local(root, tmp_path / "out")
     with pytest.raises(ValueError, match="different run"):
-        tokenize(TokenizeConfig(root, tmp_path / "out", shard_size=4, chunk_size=CHUNK, progress=False),
-                 LocalBackend(CountingRuntime()))
+        tokenize(
+            TokenizeConfig(root, tmp_path / "out", shard_size=4, chunk_size=CHUNK, progress=False),
+            LocalBackend(CountingRuntime()),
+        )
 
 
 def _cli(root: Path, out: Path, url: str) -> list[str]:
-    return [sys.executable, "-m", "evotok.cli", "tokenize", str(root), "--out", str(out), "--server", url,
-            "--shard-size", str(SHARD), "--chunk-size", str(CHUNK), "--concurrency", "4", "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "evotok.cli",
+        "tokenize",
+        str(root),
+        "--out",
+        str(out),
+        "--server",
+        url,
+        "--shard-size",
+        str(SHARD),
+        "--chunk-size",
+        str(CHUNK),
+        "--concurrency",
+        "4",
+        "--no-progress",
+    ]
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_server_mode_killed_and_resumed(dataset: tuple[Path, dict[str, tuple[int, int]]], tmp_path: Path) -> None:
+def test_server_mode_killed_and_resumed(
+    dataset: tuple[Path, dict[str, tuple[int, int]]], tmp_path: Path
+) -> None:
     root, _ = dataset
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # a slow fake runtime (0.25 s per batch) so the kill lands mid-run
     with running_server(tmp_path, env={"EVOTOK_TEST_DELAY_S": "0.25"}) as server:
-        straight = subprocess.run(_cli(root, tmp_path / "straight", server.url), env=env, capture_output=True,
-                                  text=True, timeout=300)
+        straight = subprocess.run(
+            _cli(root, tmp_path / "straight", server.url),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert straight.returncode == 0, straight.stderr
         assert "manifest.json written" in straight.stdout
 
         killed = tmp_path / "killed"
-        proc = subprocess.Popen(_cli(root, killed, server.url), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cli(root, killed, server.url), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(list(killed.rglob("chunk-*.json"))) + len(list(killed.glob("shard-*.json"))) * 3 < 4:
+        while (
+            time.monotonic() < deadline
+            and len(list(killed.rglob("chunk-*.json"))) + len(list(killed.glob("shard-*.json"))) * 3 < 4
+        ):
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         assert not (killed / "manifest.json").exists(), "the run finished before the kill"
-        resumed = subprocess.run(_cli(root, killed, server.url), env=env, capture_output=True, text=True, timeout=300)
+        resumed = subprocess.run(
+            _cli(root, killed, server.url), env=env, capture_output=True, text=True, timeout=300
+        )
         assert resumed.returncode == 0, resumed.stderr
         assert snapshot(killed) == snapshot(tmp_path / "straight")
 

@@ -28,8 +28,15 @@ from tests.client.server import REPO, Server, running_server
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
 CHROMIUM = Path(os.environ.get("EVOTOK_CHROMIUM", "/usr/bin/chromium"))
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = REPO / "artifacts" / "web"
 
 
@@ -109,7 +116,9 @@ def test_page_end_to_end(server: Server, photo: Path, browser: Any, tmp_path: Pa
     recon = base64.b64decode(page.eval_on_selector("#recon", BLOB_B64))
     assert recon == api_pngs[info.pixel_depth]
     prefixes = page.query_selector_all("#prefixes img")
-    assert [p.get_attribute("data-depth") for p in prefixes] == [str(d) for d in range(1, info.pixel_depth + 1)]
+    assert [p.get_attribute("data-depth") for p in prefixes] == [
+        str(d) for d in range(1, info.pixel_depth + 1)
+    ]
     for img in prefixes:
         assert_rendered(img.evaluate(PIXEL_STATS), size)
         d = int(img.get_attribute("data-depth"))

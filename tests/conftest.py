@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny model folders on disk, free ports."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init ``evotok-tiny`` model folder (weights + config), built once per session."""
+    from evotok.model.checkpoint import save_weights
+    from evotok.model.config import get_preset
+    from evotok.model.evotok import EvoTok
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-weights")
+    save_weights(EvoTok(get_preset("evotok-tiny")).eval(), folder)
+    return folder

@@ -1,0 +1,135 @@
+"""The official preset at full size, and the converter from official checkpoints.
+
+The converted submodules are checked against outputs computed here directly from the official tensors with
+the reference's definitions (section 3-5), not through our modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from evotok.model.config import get_preset
+from evotok.model.convert import ConversionError, build_converted, convert_state_dict, load_official_checkpoint
+from tests.model.official_keys import random_official_state
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def official() -> dict[str, torch.Tensor]:
+    return random_official_state()
+
+
+@pytest.fixture(scope="module")
+def converted(official: dict[str, torch.Tensor]) -> torch.nn.Module:
+    return build_converted(official, get_preset("evotok-siglip2-256"))
+
+
+def test_official_preset_parameter_counts_match_the_reference(converted: torch.nn.Module) -> None:
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    tower = converted.encoder.tower
+    assert count(tower.embeddings) + count(tower.encoder) == 290_762_752  # reference section 12
+    assert count(converted.encode_task_layer) == 1_082_400
+    assert count(converted.decoder) == 42_449_795  # section 4
+    assert count(converted.post_quant_conv) == 8_448
+    assert count(converted.semantic_decoder) == 38_036_456  # section 5
+    assert count(converted.decode_task_layer) == 2_099_200
+    assert sum(b.weight.shape[0] - 1 for b in converted.quantize.codebooks) * 32 == 16_777_216
+    total = count(converted)
+    assert total > 300_000_000
+
+
+def test_official_preset_encodes_a_256_image_to_16_depths(converted: torch.nn.Module) -> None:
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    codes = converted.encode(x)
+    assert codes.shape == (1, 16, 16, 16) and codes.dtype == torch.int64
+    assert int(codes.max()) < 32768
+    img = converted.decode(codes)
+    assert img.shape == (1, 3, 256, 256)
+    feats = converted.decode_semantic(codes)
+    assert feats.shape == (1, 256, 1024)
+
+
+def test_converter_maps_every_key(official: dict[str, torch.Tensor], converted: torch.nn.Module) -> None:
+    state = convert_state_dict(official, get_preset("evotok-siglip2-256"))
+    assert set(state) == set(converted.state_dict())
+    dropped = set(official) - {k for k in official if not any(
+        k.startswith(p) for p in ("encoder_vqkd.vision_model.head.", "encoder_vqkd.vision_model.encoder.layers.23.",
+                                  "scaling_layer.", "quantize.codebook_used"))}
+    assert len(dropped) > 0 and len(state) == len(official) - len(dropped)
+
+
+def test_task_layer_matches_reference(official: dict[str, torch.Tensor], converted: torch.nn.Module) -> None:
+    x = torch.randn(7, 1024)
+    ref = F.linear(torch.tanh(F.linear(x, official["encode_task_layer.0.weight"], official["encode_task_layer.0.bias"])),
+                   official["encode_task_layer.2.weight"], official["encode_task_layer.2.bias"])
+    with torch.no_grad():
+        assert torch.allclose(converted.encode_task_layer(x), ref, atol=1e-6)
+
+
+def test_codebook_lookup_matches_reference(official: dict[str, torch.Tensor], converted: torch.nn.Module) -> None:
+    codes = torch.randint(0, 32768, (2, 16, 16, 16))
+    codes[0, 0, 0, 5] = 32768  # the padding row: a zero vector
+    ref = sum(official[f"quantize.codebooks.{i}.weight"][codes[..., i]] for i in range(16))
+    assert torch.allclose(converted.codes_to_latent(codes), ref, atol=1e-6)
+    # and nearest-code search over the official rows (fp32 squared L2, padding row excluded)
+    r = torch.randn(50, 32) * 0.3
+    book = official["quantize.codebooks.0.weight"][:32768]
+    brute = torch.cdist(r, book).argmin(dim=1)
+    assert torch.equal(converted.quantize.codebooks[0].nearest(r), brute)
+
+
+def test_decoder_block_matches_reference(official: dict[str, torch.Tensor], converted: torch.nn.Module) -> None:
+    p = "decoder.conv_blocks.1.res.0."  # 512 -> 256 with the nin shortcut
+    o = {k[len(p):]: v for k, v in official.items() if k.startswith(p)}
+    x = torch.randn(1, 512, 8, 8)
+    h = F.silu(F.group_norm(x, 32, o["norm1.weight"], o["norm1.bias"], eps=1e-6))
+    h = F.conv2d(h, o["conv1.weight"], o["conv1.bias"], padding=1)
+    h = F.silu(F.group_norm(h, 32, o["norm2.weight"], o["norm2.bias"], eps=1e-6))
+    h = F.conv2d(h, o["conv2.weight"], o["conv2.bias"], padding=1)
+    ref = F.conv2d(x, o["nin_shortcut.weight"], o["nin_shortcut.bias"]) + h
+    with torch.no_grad():
+        assert torch.allclose(converted.decoder.conv_blocks[1].res[0](x), ref, atol=1e-4)
+
+
+def test_semantic_attention_matches_reference(official: dict[str, torch.Tensor], converted: torch.nn.Module) -> None:
+    p = "decoder_vqkd.blocks.0.attn."
+    x = torch.randn(1, 5, 1024)
+    bias = torch.cat([official[p + "q_bias"], torch.zeros(1020), official[p + "v_bias"]])
+    qkv = F.linear(x, official[p + "qkv.weight"], bias).reshape(1, 5, 3, 12, 85).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * 85**-0.5, qkv[1], qkv[2]
+    out = (torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v).transpose(1, 2).reshape(1, 5, 1020)
+    ref = F.linear(out, official[p + "proj.weight"], official[p + "proj.bias"])
+    with torch.no_grad():
+        assert torch.allclose(converted.semantic_decoder.blocks[0].attn(x), ref, atol=1e-5)
+
+
+def test_unknown_and_missing_keys_fail_clearly(official: dict[str, torch.Tensor]) -> None:
+    cfg = get_preset("evotok-siglip2-256")
+    with pytest.raises(ConversionError, match="unknown official key"):
+        convert_state_dict({**official, "decoder_vqkdx.extra": torch.zeros(1)}, cfg)
+    partial = {k: v for k, v in official.items() if not k.startswith("decode_task_layer.")}
+    with pytest.raises(ConversionError, match="missing keys"):
+        build_converted(partial, cfg)
+
+
+def test_official_checkpoint_file_loads_with_weights_only(tmp_path: Path) -> None:
+    sd = {"encode_task_layer.0.weight": torch.zeros(2, 2)}
+    path = tmp_path / "last.pt"
+    torch.save({"model": sd, "steps": 10, "args": argparse.Namespace(lr=1e-4)}, path)
+    assert set(load_official_checkpoint(path)) == set(sd)
+    torch.save({"ema": sd, "model": {"x": torch.ones(1)}}, path)
+    assert set(load_official_checkpoint(path)) == set(sd)  # ema preferred, like the official consumers
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (print, ("pwned",))
+
+    torch.save({"model": sd, "x": Evil()}, path)
+    with pytest.raises(ConversionError, match="weights_only"):
+        load_official_checkpoint(path)
