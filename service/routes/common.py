@@ -161,7 +161,18 @@ async def submit_all(
     batcher = state.batcher
 
     async def run() -> list[npt.NDArray[Any]]:
-        return list(await asyncio.gather(*(batcher.submit(op, p, deadline) for p in payloads)))
+        tasks = [asyncio.ensure_future(batcher.submit(op, p, deadline)) for p in payloads]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:  # our own cancellation (client gone) or one item failed: the others are not needed
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+        for t in tasks:
+            exc = t.exception() if t.done() and not t.cancelled() else None
+            if exc is not None:
+                raise exc
+        return [t.result() for t in tasks]
 
     return await until_disconnect(request, run(), endpoint)
 

@@ -18,7 +18,14 @@ router = APIRouter(tags=["model"], dependencies=[Depends(require_api_key)])
     "/info",
     summary="Model card",
     response_model=InfoResponse,
-    responses=openapi_errors(401, 403, 503),
+    responses={
+        200: {"content": {"application/json": {"example": {
+            "name": "evotok-small", "weights_hash": "77bec4f4cc50...", "image_size": 256, "grid": 16, "num_depths": 16,
+            "codebook_size": 1024, "pixel_depth": 4, "semantic_depth": 16, "semantic_dim": 112,
+            "backend": "onnxruntime", "precision": "fp32", "providers": ["CPUExecutionProvider"],
+            "semantic_by_depth": [], "queue": "inprocess", "max_batch_size": 8, "max_queue_delay_ms": 5.0}}}},
+        **openapi_errors(401, 403, 503),
+    },
 )
 async def info(request: Request) -> dict[str, Any]:
     state = get_state(request)
