@@ -125,8 +125,14 @@ class Tokenizer:
             raise ValueError(f"rank {cfg.rank} outside world size {cfg.world_size}")
         self.cfg, self.backend, self.on_chunk = cfg, backend, on_chunk
         info = backend.info
-        self.model = {"name": info.name, "weights_hash": info.weights_hash, "image_size": info.image_size,
-                      "grid": info.grid, "num_depths": info.num_depths, "codebook_size": info.codebook_size}
+        self.model = {
+            "name": info.name,
+            "weights_hash": info.weights_hash,
+            "image_size": info.image_size,
+            "grid": info.grid,
+            "num_depths": info.num_depths,
+            "codebook_size": info.codebook_size,
+        }
         self.grid_shape = (info.grid, info.grid, info.num_depths)
         self.preprocessing = preprocessing_record(info)
         self.report = RunReport()
@@ -135,9 +141,15 @@ class Tokenizer:
     def plan(self) -> dict[str, Any]:
         files = list_images(self.cfg.dataset)
         n = len(files)
-        return {"format_version": FORMAT_VERSION, "files": files, "shard_size": self.cfg.shard_size,
-                "chunk_size": self.cfg.chunk_size, "num_shards": (n + self.cfg.shard_size - 1) // self.cfg.shard_size,
-                "model": self.model, "preprocessing": self.preprocessing}
+        return {
+            "format_version": FORMAT_VERSION,
+            "files": files,
+            "shard_size": self.cfg.shard_size,
+            "chunk_size": self.cfg.chunk_size,
+            "num_shards": (n + self.cfg.shard_size - 1) // self.cfg.shard_size,
+            "model": self.model,
+            "preprocessing": self.preprocessing,
+        }
 
     def _check_plan(self, plan: dict[str, Any]) -> None:
         path = self.cfg.out / "plan.json"
@@ -145,8 +157,10 @@ class Tokenizer:
             old = json.loads(path.read_text())
             if old != plan:
                 diff = [k for k in plan if old.get(k) != plan[k]]
-                raise ValueError(f"{self.cfg.out} holds a different run (differs in {diff}); "
-                                 "resume with the same dataset, model and sizes, or use a new --out")
+                raise ValueError(
+                    f"{self.cfg.out} holds a different run (differs in {diff}); "
+                    "resume with the same dataset, model and sizes, or use a new --out"
+                )
         else:
             atomic_write(path, _json_bytes(plan))
 
@@ -161,7 +175,9 @@ class Tokenizer:
         mine = [i for i in range(num_shards) if i % cfg.world_size == cfg.rank]
         todo = [i for i in mine if not self._shard_done(i)]
         self.report.shards_skipped = [i for i in mine if i not in todo]
-        for i in self.report.shards_skipped:  # killed after a shard was written, before its chunks were removed
+        for (
+            i
+        ) in self.report.shards_skipped:  # killed after a shard was written, before its chunks were removed
             shutil.rmtree(cfg.out / ".partial" / f"shard-{i:05d}", ignore_errors=True)
         total = sum(len(self._shard_files(files, i)) for i in mine)
         done_before = total - sum(len(self._shard_files(files, i)) for i in todo)
@@ -180,14 +196,18 @@ class Tokenizer:
         return files[i * s : (i + 1) * s]
 
     def _shard_done(self, i: int) -> bool:
-        return (self.cfg.out / f"shard-{i:05d}.json").exists() and (self.cfg.out / f"shard-{i:05d}.npy").exists()
+        return (self.cfg.out / f"shard-{i:05d}.json").exists() and (
+            self.cfg.out / f"shard-{i:05d}.npy"
+        ).exists()
 
     def _progress(self, total: int, initial: int) -> Any:
         if not self.cfg.progress:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=initial, unit="img", desc=f"tokenize rank {self.cfg.rank}", file=sys.stderr)
+        return tqdm(
+            total=total, initial=initial, unit="img", desc=f"tokenize rank {self.cfg.rank}", file=sys.stderr
+        )
 
     def _run_shard(self, i: int, names: list[str], bar: Any) -> None:
         partial = self.cfg.out / ".partial" / f"shard-{i:05d}"
@@ -285,8 +305,16 @@ class Tokenizer:
             "num_files": len(plan["files"]),
             "num_images": sum(s["codes_shape"][0] for s in shards),
             "num_failures": sum(len(s["failures"]) for s in shards),
-            "shards": [{"shard": s["shard"], "codes_file": s["codes_file"], "manifest": f"shard-{s['shard']:05d}.json",
-                        "num_images": s["codes_shape"][0], "codes_sha256": s["codes_sha256"]} for s in shards],
+            "shards": [
+                {
+                    "shard": s["shard"],
+                    "codes_file": s["codes_file"],
+                    "manifest": f"shard-{s['shard']:05d}.json",
+                    "num_images": s["codes_shape"][0],
+                    "codes_sha256": s["codes_sha256"],
+                }
+                for s in shards
+            ],
             "failures": [f for s in shards for f in s["failures"]],
         }
         atomic_write(self.cfg.out / "manifest.json", _json_bytes(manifest))
@@ -302,14 +330,20 @@ def tokenize(cfg: TokenizeConfig, backend: CodesBackend, on_chunk: ChunkHook | N
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="evotok tokenize", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="evotok tokenize", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
     p.add_argument("dataset", type=Path, help="folder of images (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="shards folder (resumes if it holds the same run)")
     p.add_argument("--shard-size", type=int, default=1024, help="images per shard (fixed for a run)")
-    p.add_argument("--chunk-size", type=int, default=64, help="images per persisted chunk (resume granularity)")
+    p.add_argument(
+        "--chunk-size", type=int, default=64, help="images per persisted chunk (resume granularity)"
+    )
     p.add_argument("--server", help="EvoTok server URL (default: the model in this process)")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight with --server")
-    p.add_argument("--api-key", default=os.environ.get("EVOTOK_API_KEY"), help="bearer token (env EVOTOK_API_KEY)")
+    p.add_argument(
+        "--api-key", default=os.environ.get("EVOTOK_API_KEY"), help="bearer token (env EVOTOK_API_KEY)"
+    )
     p.add_argument("--weights", help="model folder for local mode (default: the shipped model)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--no-progress", action="store_true")
@@ -317,12 +351,19 @@ def main(argv: list[str]) -> int:
     if not args.dataset.is_dir():
         p.error(f"{args.dataset} is not a folder")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    cfg = TokenizeConfig(args.dataset, args.out, args.shard_size, args.chunk_size, rank, world, not args.no_progress)
+    cfg = TokenizeConfig(
+        args.dataset, args.out, args.shard_size, args.chunk_size, rank, world, not args.no_progress
+    )
     from evotok.client import EvoTokError
 
     try:
-        backend = make_backend(args.server, api_key=args.api_key, concurrency=args.concurrency,
-                               weights=args.weights, backend=args.backend)
+        backend = make_backend(
+            args.server,
+            api_key=args.api_key,
+            concurrency=args.concurrency,
+            weights=args.weights,
+            backend=args.backend,
+        )
         try:
             report = tokenize(cfg, backend)
         finally:

@@ -42,8 +42,13 @@ class AsyncClient:
         self.retry = retry or RetryPolicy()
         self._sem = asyncio.Semaphore(max_concurrency)
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=auth_headers(api_key),
-                                       timeout=timeout_s, limits=limits, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=auth_headers(api_key),
+            timeout=timeout_s,
+            limits=limits,
+            transport=transport,
+        )
 
     async def _send(self, call: calls.Call[T]) -> T:
         attempt = 0
@@ -77,7 +82,9 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def encode(self, image: wire.ImageInput, *, depth: int | None = None, fmt: str = "json") -> EncodeResult:
+    async def encode(
+        self, image: wire.ImageInput, *, depth: int | None = None, fmt: str = "json"
+    ) -> EncodeResult:
         return await self._send(calls.encode(image, depth, fmt))
 
     async def encode_many(

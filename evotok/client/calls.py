@@ -46,13 +46,17 @@ def _json_any(resp: httpx.Response) -> Any:
     try:
         return resp.json()
     except ValueError as exc:
-        raise EvoTokError("bad_response", f"{resp.request.url.path}: not JSON: {exc}", resp.status_code) from exc
+        raise EvoTokError(
+            "bad_response", f"{resp.request.url.path}: not JSON: {exc}", resp.status_code
+        ) from exc
 
 
 def _json(resp: httpx.Response) -> dict[str, Any]:
     body = _json_any(resp)
     if not isinstance(body, dict):
-        raise EvoTokError("bad_response", f"{resp.request.url.path}: expected a JSON object", resp.status_code)
+        raise EvoTokError(
+            "bad_response", f"{resp.request.url.path}: expected a JSON object", resp.status_code
+        )
     return body
 
 
@@ -86,8 +90,14 @@ def encode(image: wire.ImageInput, depth: int | None, fmt: str) -> Call[EncodeRe
     """One image as the raw request body."""
     data, ctype = wire.image_bytes(image)
     accept = wire.NPY if fmt == "npy" else "application/json"
-    return Call("POST", "/encode", _parse_encode(False), params=_depth_params(depth),
-                headers={"Content-Type": ctype, "Accept": accept}, content=data)
+    return Call(
+        "POST",
+        "/encode",
+        _parse_encode(False),
+        params=_depth_params(depth),
+        headers={"Content-Type": ctype, "Accept": accept},
+        content=data,
+    )
 
 
 def encode_many(images: Sequence[wire.ImageInput], depth: int | None, fmt: str) -> Call[EncodeResult]:
@@ -97,8 +107,14 @@ def encode_many(images: Sequence[wire.ImageInput], depth: int | None, fmt: str) 
         data, ctype = wire.image_bytes(image)
         files.append(("images", (f"image{i}", data, ctype)))
     accept = wire.NPY if fmt == "npy" else "application/json"
-    return Call("POST", "/encode", _parse_encode(True), params=_depth_params(depth),
-                headers={"Accept": accept}, files=files)
+    return Call(
+        "POST",
+        "/encode",
+        _parse_encode(True),
+        params=_depth_params(depth),
+        headers={"Accept": accept},
+        files=files,
+    )
 
 
 def decode(codes: Any, fmt: str) -> Call[DecodeResult]:
@@ -109,7 +125,9 @@ def decode(codes: Any, fmt: str) -> Call[DecodeResult]:
             raise EvoTokError("bad_response", "/decode did not return a PNG", resp.status_code)
         return DecodeResult(png=resp.content, latency_s=latency)
 
-    return Call("POST", "/decode", parse, headers={"Content-Type": ctype, "Accept": "image/png"}, content=body)
+    return Call(
+        "POST", "/decode", parse, headers={"Content-Type": ctype, "Accept": "image/png"}, content=body
+    )
 
 
 def _parse_embed(resp: httpx.Response, latency: float) -> EmbedResult:
@@ -123,13 +141,17 @@ def _parse_embed(resp: httpx.Response, latency: float) -> EmbedResult:
 def embed_image(image: wire.ImageInput, fmt: str) -> Call[EmbedResult]:
     data, ctype = wire.image_bytes(image)
     accept = wire.NPY if fmt == "npy" else "application/json"
-    return Call("POST", "/embed", _parse_embed, headers={"Content-Type": ctype, "Accept": accept}, content=data)
+    return Call(
+        "POST", "/embed", _parse_embed, headers={"Content-Type": ctype, "Accept": accept}, content=data
+    )
 
 
 def embed_codes(codes: Any, fmt: str) -> Call[EmbedResult]:
     body, ctype = wire.codes_body(codes, "npy" if fmt == "npy" else "json")
     accept = wire.NPY if fmt == "npy" else "application/json"
-    return Call("POST", "/embed", _parse_embed, headers={"Content-Type": ctype, "Accept": accept}, content=body)
+    return Call(
+        "POST", "/embed", _parse_embed, headers={"Content-Type": ctype, "Accept": accept}, content=body
+    )
 
 
 def info() -> Call[ModelInfo]:
@@ -142,8 +164,11 @@ def health(path: str) -> Call[Health]:
             body = json.loads(resp.content) if resp.content else {}
         except ValueError:
             body = {"text": resp.text}
-        return Health(ok=resp.status_code == 200, status=resp.status_code,
-                      body=body if isinstance(body, dict) else {"value": body})
+        return Health(
+            ok=resp.status_code == 200,
+            status=resp.status_code,
+            body=body if isinstance(body, dict) else {"value": body},
+        )
 
     # a not-ready server answers 503: that is the answer, not an error to retry or raise
     return Call("GET", path, parse, ok_statuses=frozenset({200, 503}))

@@ -1,9 +1,9 @@
 """``Client``: the blocking Python client over httpx, one method per endpoint.
 
-    from evotok.client import Client
-    with Client("http://127.0.0.1:8000", api_key="...") as c:
-        res = c.encode("photo.jpg")          # res.codes: (16, 16, 16) uint16
-        png = c.decode(res.codes[..., :4])   # DecodeResult; .image() -> PIL
+from evotok.client import Client
+with Client("http://127.0.0.1:8000", api_key="...") as c:
+    res = c.encode("photo.jpg")          # res.codes: (16, 16, 16) uint16
+    png = c.decode(res.codes[..., :4])   # DecodeResult; .image() -> PIL
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 def error_for(resp: httpx.Response) -> EvoTokError:
-    return EvoTokError.from_response(resp.status_code, resp.content, parse_retry_after(resp.headers.get("retry-after")))
+    return EvoTokError.from_response(
+        resp.status_code, resp.content, parse_retry_after(resp.headers.get("retry-after"))
+    )
 
 
 def transport_error(exc: httpx.TransportError) -> EvoTokError:
@@ -51,8 +53,12 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=auth_headers(api_key),
-                                  timeout=timeout_s, transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=auth_headers(api_key),
+            timeout=timeout_s,
+            transport=transport,
+        )
 
     # --- plumbing ------------------------------------------------------------------------------------
     def _send(self, call: calls.Call[T]) -> T:
@@ -101,7 +107,9 @@ class Client:
         """Codes ``(h, w, d)`` -> PNG of the reconstruction (the first ``min(d, pixel_depth)`` depths)."""
         return self._send(calls.decode(codes, fmt))
 
-    def embed(self, image: wire.ImageInput | None = None, *, codes: Any = None, fmt: str = "json") -> EmbedResult:
+    def embed(
+        self, image: wire.ImageInput | None = None, *, codes: Any = None, fmt: str = "json"
+    ) -> EmbedResult:
         """Semantic features ``(h*w, C)`` float32 of an image, or of codes (pass ``codes=``)."""
         if (image is None) == (codes is None):
             raise ValueError("pass exactly one of image or codes")

@@ -84,5 +84,7 @@ class Health:
 def model_info_from_dict(data: dict[str, Any]) -> ModelInfo:
     """``GET /info`` JSON -> ``ModelInfo`` (unknown keys ignored, lists become tuples)."""
     known = {f.name for f in fields(ModelInfo)}
-    kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+    kwargs: dict[str, Any] = {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known
+    }
     return ModelInfo(**kwargs)

@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 RESIZE: Literal["center-crop"] = "center-crop"
 # The client-side reasons an image is "unreadable" (the item fails, the run goes on).
-IMAGE_ERROR_CODES = frozenset({"invalid_image", "unsupported_media_type", "payload_too_large", "invalid_input"})
+IMAGE_ERROR_CODES = frozenset(
+    {"invalid_image", "unsupported_media_type", "payload_too_large", "invalid_input"}
+)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ class LocalBackend(CodesBackend):
 class RemoteBackend(CodesBackend):
     """An EvoTok server: one ``/encode`` request per image, up to ``concurrency`` in flight."""
 
-    def __init__(self, url: str, *, api_key: str | None = None, concurrency: int = 16, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, url: str, *, api_key: str | None = None, concurrency: int = 16, timeout_s: float = 120.0
+    ) -> None:
         from evotok.client import Client
 
         self.url, self.api_key, self.concurrency, self.timeout_s = url, api_key, concurrency, timeout_s
@@ -120,8 +124,9 @@ class RemoteBackend(CodesBackend):
     async def _encode_all(self, blobs: Sequence[bytes]) -> list[npt.NDArray[np.uint16] | ImageFailure]:
         from evotok.client import AsyncClient, EvoTokError
 
-        async with AsyncClient(self.url, api_key=self.api_key, timeout_s=self.timeout_s,
-                               max_concurrency=self.concurrency) as client:
+        async with AsyncClient(
+            self.url, api_key=self.api_key, timeout_s=self.timeout_s, max_concurrency=self.concurrency
+        ) as client:
 
             async def one(data: bytes) -> npt.NDArray[np.uint16] | ImageFailure:
                 try:

@@ -42,8 +42,13 @@ def save_codes(path: Path, f: CodesFile) -> None:
     if path.suffix == ".npy":
         np.save(path, np.ascontiguousarray(f.codes, dtype=np.uint16), allow_pickle=False)
     elif path.suffix == ".json":
-        body = {"codes": f.codes.tolist(), "shape": list(f.codes.shape), "depth": int(f.codes.shape[-1]),
-                "model": f.model, "sources": f.sources}
+        body = {
+            "codes": f.codes.tolist(),
+            "shape": list(f.codes.shape),
+            "depth": int(f.codes.shape[-1]),
+            "model": f.model,
+            "sources": f.sources,
+        }
         path.write_text(json.dumps(body, separators=(",", ":")) + "\n")
     else:
         raise ValueError(f"{path}: the output must end in .npy or .json")
@@ -59,7 +64,9 @@ def load_codes(path: Path) -> CodesFile:
     else:
         raise ValueError(f"{path}: code files end in .npy or .json")
     if arr.dtype.kind not in "iu" or arr.ndim not in (3, 4):
-        raise ValueError(f"{path}: expected integer codes (h, w, d) or (B, h, w, d), got {arr.dtype} {arr.shape}")
+        raise ValueError(
+            f"{path}: expected integer codes (h, w, d) or (B, h, w, d), got {arr.dtype} {arr.shape}"
+        )
     if arr.size and (arr.min() < 0 or arr.max() > 65535):
         raise ValueError(f"{path}: code values outside [0, 65535]")
     return CodesFile(arr.astype(np.uint16), model, sources)
@@ -67,7 +74,9 @@ def load_codes(path: Path) -> CodesFile:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", help="EvoTok server URL (default: run the model in this process)")
-    p.add_argument("--api-key", default=os.environ.get("EVOTOK_API_KEY"), help="bearer token (env EVOTOK_API_KEY)")
+    p.add_argument(
+        "--api-key", default=os.environ.get("EVOTOK_API_KEY"), help="bearer token (env EVOTOK_API_KEY)"
+    )
     p.add_argument("--weights", help="model folder for local mode (default: the shipped model)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--depth", type=int, help="keep the first d depths (default: all)")
@@ -83,8 +92,11 @@ def run_encode(images: list[Path], out: Path, backend: CodesBackend, depth: int 
     if bad:
         raise ValueError("; ".join(f"{p}: {r.code}: {r.message}" for p, r in bad))
     codes = np.stack([r for r in results if not isinstance(r, ImageFailure)])[..., :depth]  # (B, h, w, d)
-    f = CodesFile(codes[0] if len(images) == 1 else codes,
-                  {"name": info.name, "weights_hash": info.weights_hash}, [str(p) for p in images])
+    f = CodesFile(
+        codes[0] if len(images) == 1 else codes,
+        {"name": info.name, "weights_hash": info.weights_hash},
+        [str(p) for p in images],
+    )
     save_codes(out, f)
     return f
 
@@ -95,7 +107,11 @@ def run_decode(codes_path: Path, out: Path, backend: CodesBackend, depth: int | 
     batch = codes[None] if codes.ndim == 3 else codes
     if depth is not None:
         batch = batch[..., :depth]
-    paths = [out] if batch.shape[0] == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(batch))]
+    paths = (
+        [out]
+        if batch.shape[0] == 1
+        else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(batch))]
+    )
     for c, path in zip(batch, paths, strict=True):
         path.write_bytes(backend.decode(c))
     return paths
