@@ -97,7 +97,7 @@ class RedisBatcher(Batcher):
     async def start(self) -> None:
         if self._started:
             return
-        self._redis = self._client(socket_timeout_s=2.0)
+        self._redis = self._client(socket_timeout_s=3.0)
         self._reader_redis = self._client(socket_timeout_s=READ_BLOCK_MS / 1000 + 3.0)
         self._admit = self._redis.register_script(ADMIT_LUA)
         self._started = True

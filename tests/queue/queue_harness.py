@@ -336,7 +336,9 @@ async def encode_load(urls: list[str], images: list[bytes], expected: list[Any],
     t0 = time.monotonic()
     counter = 0
     sem = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    # keep-alive expiry below uvicorn's 5 s, so an idle connection is never reused just as the server closes it
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2,
+                          keepalive_expiry=2.0)
 
     def more() -> bool:
         if n is not None and counter >= n:
@@ -351,8 +353,8 @@ async def encode_load(urls: list[str], images: list[bytes], expected: list[Any],
             try:
                 r = await client.post(urls[i % len(urls)] + "/encode", content=images[k],
                                       headers={"content-type": "image/png", "accept": "application/json"})
-            except httpx.HTTPError:
-                outcomes.append(Outcome(started, time.monotonic(), 0, None))
+            except httpx.HTTPError as exc:
+                outcomes.append(Outcome(started, time.monotonic(), 0, None, message=f"{type(exc).__name__}: {exc}"))
                 return
             finally:
                 sem.release()
