@@ -6,8 +6,9 @@ TensorRT version), the ONNX file it must come from and the precision (``check_en
 CUDA build is required on TensorRT hosts). One execution context per optimization profile; a batch uses the
 profile whose range holds it, and batches above the largest range are split.
 
-Options: ``precision`` ("fp16" or "bf16"), ``export_dir`` / ``cache_dir`` (where ``evotok export`` wrote the
-ONNX folder), ``build`` (build missing engines instead of refusing), ``device_index``.
+Options: ``precision`` ("fp16" or "bf16"), ``export_dir`` (the ONNX folder) or ``cache_dir`` / ``engine_dir``
+(synonyms: the cache root holding ``<model>-<hash12>/``, engines under its ``trt/``), ``build`` (build missing
+engines instead of refusing), ``device_index``.
 
 Not run on a GPU in this repository's CI: see ``bench/gpu_check.py`` and the README.
 """
@@ -51,7 +52,7 @@ class _Engine:
             raise RuntimeError(f"TensorRT could not deserialize {path}")
         self.profiles = meta.batch_profiles()
         self.device = device
-        self.stream = torch.cuda.Stream(device=device)
+        self.stream = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
         self.contexts = []
         for i in range(len(self.profiles)):
             ctx = self.engine.create_execution_context()
@@ -94,6 +95,7 @@ class TensorRTRuntime(Runtime):
         cache_dir: Path | str | None = None,
         build: bool = False,
         device_index: int = 0,
+        engine_dir: Path | str | None = None,
     ) -> None:
         import torch
 
@@ -102,6 +104,7 @@ class TensorRTRuntime(Runtime):
         from evotok.model.config import EvoTokConfig
 
         trt = import_tensorrt()
+        cache_dir = cache_dir if cache_dir is not None else engine_dir
         self.weights_dir = Path(weights_dir)
         self.golden_path = self.weights_dir / GOLDEN_FILE
         folder = Path(export_dir) if export_dir is not None else ensure_exported(self.weights_dir, cache_dir)
