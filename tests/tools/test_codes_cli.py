@@ -113,3 +113,23 @@ def test_unreadable_image_fails_cleanly(photos: Path, server: Server, tmp_path: 
     assert r.returncode == 2 and ".npy or .json" in r.stderr
     r = evotok("decode", str(tmp_path / "missing.npy"), "-o", str(tmp_path / "o.png"), "--server", server.url)
     assert r.returncode == 1
+
+
+@pytest.mark.slow
+def test_local_mode_with_the_shipped_model(photos: Path, tmp_path: Path) -> None:
+    """``evotok encode/decode`` without --server: ``load_runtime`` in process (torch backend, shipped weights)."""
+    from tests.client.server import real_weights_available
+
+    if not real_weights_available():
+        pytest.skip("weights/evotok-small not present yet")
+    photo = photos / "animals/cats/chelsea.png"
+    codes, out = tmp_path / "c.npy", tmp_path / "r.png"
+    r = evotok("encode", str(photo), "-o", str(codes), "--backend", "torch")
+    assert r.returncode == 0, r.stderr
+    arr = np.load(codes, allow_pickle=False)
+    assert arr.dtype == np.uint16 and arr.shape == (16, 16, 16)
+    r = evotok("decode", str(codes), "-o", str(out), "--backend", "torch")
+    assert r.returncode == 0, r.stderr
+    recon = np.asarray(Image.open(out).convert("RGB"))
+    assert recon.shape == (256, 256, 3) and recon.std() > 0
+    # reconstruction quality is the model's business (tests/model, evotok eval); here: the CLI wiring
