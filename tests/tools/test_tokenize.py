@@ -228,6 +228,22 @@ def test_server_mode_killed_and_resumed(
         assert resumed.returncode == 0, resumed.stderr
         assert snapshot(killed) == snapshot(tmp_path / "straight")
 
+        # two ranks at once, as torchrun starts them (RANK / WORLD_SIZE), into one folder
+        ranks = [
+            subprocess.Popen(
+                _cli(root, tmp_path / "ranks", server.url),
+                env={**env, "RANK": str(r), "WORLD_SIZE": "2"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for r in range(2)
+        ]
+        outs = [p.communicate(timeout=300) for p in ranks]
+        assert [p.returncode for p in ranks] == [0, 0], outs
+        assert "rank 0/2: wrote 2 shards" in outs[0][0] and "rank 1/2: wrote 1 shards" in outs[1][0]
+        assert snapshot(tmp_path / "ranks") == snapshot(tmp_path / "straight")
+
         # the server's shards equal the in-process run's codes, and decode back through the client
         run_local(root, tmp_path / "local")
         with Client(server.url) as client:
