@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "service": ("service_bench.py", "HTTP API: batching off vs on, concurrency sweep, vs the runtime's own limit"),
     "runtime": ("runtime_bench.py", "encode/decode images/s: torch eager vs ONNX Runtime CPU, vs the matmul rate"),
     "quantizer": ("quantizer_bench.py", "residual quantizer alone vs vector-quantize-pytorch ResidualVQ"),
+    "queue": ("queue_bench.py", "batching path: in-process vs Redis Streams with 1 and 2 workers"),
 }
 
 

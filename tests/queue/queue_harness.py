@@ -13,9 +13,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -163,10 +164,10 @@ class WorkerProc:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             assert self.proc is not None and self.proc.poll() is None, f"worker {self.name} exited"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
+            with contextlib.suppress(OSError), \
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
             time.sleep(0.05)
         raise TimeoutError(f"worker {self.name} not ready")
 
@@ -272,10 +273,9 @@ class ApiProc:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             assert self.proc is not None and self.proc.poll() is None, f"api {self.name} exited"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url + path, timeout=1) as r:
-                    if r.status == 200:
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.url + path, timeout=1) as r:
+                if r.status == 200:
+                    return
             time.sleep(0.1)
         raise TimeoutError(f"api {self.name} not up")
 
@@ -322,8 +322,9 @@ class Outcome:
 
 async def encode_load(urls: list[str], images: list[bytes], expected: list[Any], *, n: int | None = None,
                       duration_s: float | None = None, concurrency: int = 32,
-                      rate_per_s: float | None = None, client_timeout_s: float = 45.0) -> list[Outcome]:
-    """POST /encode (raw PNG body) round-robin over ``urls``; ``n`` requests or for ``duration_s``.
+                      rate_per_s: float | None = None, client_timeout_s: float = 45.0,
+                      until: Callable[[], bool] | None = None) -> list[Outcome]:
+    """POST /encode (raw PNG body) round-robin over ``urls``; ``n`` requests, for ``duration_s`` or ``until()``.
 
     With ``rate_per_s`` requests are started open-loop at that rate (capped by ``concurrency`` in flight).
     """
@@ -342,6 +343,8 @@ async def encode_load(urls: list[str], images: list[bytes], expected: list[Any],
 
     def more() -> bool:
         if n is not None and counter >= n:
+            return False
+        if until is not None and until():
             return False
         return not (duration_s is not None and time.monotonic() - t0 >= duration_s)
 

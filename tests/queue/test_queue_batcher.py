@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.queue.queue_harness import RedisServer, WorkerProc, metric_sum, queue_env, wait_live_workers
 
 from evotok.export.fake import FakeRuntime
 from evotok.service.errors import BackendError, DeadlineExceeded, NotReady, Overloaded
@@ -23,6 +22,7 @@ from evotok.service.redis_protocol import DELIVER_LUA, GROUP, Keys
 from evotok.service.redis_queue import RedisBatcher
 from evotok.service.settings import Settings
 from evotok.service.worker import run_op
+from tests.queue.queue_harness import RedisServer, WorkerProc, metric_sum, queue_env, wait_live_workers
 
 pytestmark = pytest.mark.redis
 

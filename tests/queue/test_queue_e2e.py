@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -160,8 +159,9 @@ def test_redis_restart_under_load(cluster: Cluster) -> None:
         marks["up"] = time.monotonic()
 
     async def main() -> list[Outcome]:
-        load = asyncio.create_task(encode_load(cluster.urls, cluster.images, cluster.expected, duration_s=12.0,
-                                               concurrency=16))
+        load = asyncio.create_task(encode_load(
+            cluster.urls, cluster.images, cluster.expected, concurrency=16,
+            until=lambda: "up" in marks and time.monotonic() > marks["up"] + 7.0))
         await outage()
         return await load
 
