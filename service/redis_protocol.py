@@ -5,7 +5,7 @@ Keys (``P`` = ``settings.redis_prefix``; write it as ``{evotok}`` to co-locate k
 ==================================== ==============================================================
 ``P:req:{op}``                       work stream, one per op; consumer group ``workers``; never trimmed
 ``P:bytes:{op}``                     admission byte counter (payload bytes of entries not yet acked)
-``P:stats:{op}``                     hash ``item_ms``: workers' EWMA of inference time per item
+``P:stats:{op}``                     hash ``item_ms``/``batch_ms``: workers' EWMA of inference time per item / batch
 ``P:workers``                        sorted set worker name -> last heartbeat (Redis TIME, ms)
 ``P:reply:{replica}``                reply stream of one API replica (capped, expires when idle)
 ``P:cancel:{request_id}``            cancel mark set by the API (TTL = remaining deadline)
@@ -209,8 +209,11 @@ local live = redis.call('ZCOUNT', KEYS[3], now - tonumber(ARGV[3]), '+inf')
 if live == 0 then return {'noworker', 0} end
 local n = redis.call('XLEN', KEYS[1])
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-local item_ms = tonumber(redis.call('HGET', KEYS[4], 'item_ms') or '0')
-local wait_ms = math.ceil(n * item_ms / live)
+local st = redis.call('HMGET', KEYS[4], 'item_ms', 'batch_ms')
+local item_ms = tonumber(st[1] or '0') or 0
+local batch_ms = tonumber(st[2] or '0') or 0
+-- predicted time to answer: the entries ahead shared by the live workers, plus one batch of our own
+local wait_ms = math.ceil(n * item_ms / live + batch_ms)
 local nbytes = tonumber(ARGV[5])
 if n + 1 > tonumber(ARGV[1]) or used + nbytes > tonumber(ARGV[2]) then return {'full', wait_ms} end
 local remaining = tonumber(ARGV[4])

@@ -8,7 +8,8 @@ One process owns one Runtime and loops:
    (a dead or stuck peer's batch) and process them;
 3. form a batch with ``BatchPolicy``: a blocking ``XREADGROUP COUNT max_batch_size`` over the op streams,
    then follow-up reads until the batch is full or ``max_queue_delay`` after its first item;
-4. before inference drop entries past their deadline (reply ``deadline_exceeded``), with a cancel mark
+4. before inference drop entries past their deadline or that cannot finish before it (one batch time
+   left; reply ``deadline_exceeded``), with a cancel mark
    (reply ``cancelled``), delivered more than ``worker_max_deliveries`` times (dead-letter + reply
    ``backend_error``) or malformed (dead-letter);
 5. run the rest grouped by (op, dtype, shape) in chunks of ``max_batch_size``; an exception fails only
@@ -138,7 +139,8 @@ class Worker:
         self._last_loop = time.monotonic()
         self._next_claim = 0.0
         self._claim_cursor: dict[str, str] = {}
-        self._item_ms: dict[Op, float] = {}
+        self._item_ms: dict[Op, float] = {}  # EWMA of runtime ms per item / per batch (admission predicts waits)
+        self._batch_ms: dict[Op, float] = {}
         self.batches_done = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -362,9 +364,9 @@ class Worker:
             if cancelled:
                 qm.ITEMS_SKIPPED.labels(item.op, "cancelled").inc()
                 out.reply(item, "cancelled", "client went away before inference")
-            elif now_ms >= item.deadline_ms:
+            elif now_ms + self._batch_ms.get(item.op, 0.0) >= item.deadline_ms:  # cannot finish in time
                 qm.ITEMS_SKIPPED.labels(item.op, "deadline_exceeded").inc()
-                out.reply(item, "deadline_exceeded", "deadline passed while queued")
+                out.reply(item, "deadline_exceeded", "deadline passed (or would pass during inference) while queued")
             else:
                 keep.append(item)
         return keep
@@ -394,6 +396,8 @@ class Worker:
         prev = self._item_ms.get(op)
         per_item = 1000 * dt / n
         self._item_ms[op] = per_item if prev is None else 0.8 * prev + 0.2 * per_item
+        prev = self._batch_ms.get(op)
+        self._batch_ms[op] = 1000 * dt if prev is None else 0.8 * prev + 0.2 * 1000 * dt
         self.batches_done += 1
         for i, m in enumerate(members):
             out.reply(m, "ok", "", result[i])
@@ -444,7 +448,8 @@ class Worker:
     def _publish_stats(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for op, ms in list(self._item_ms.items()):
-            pipe.hset(self.keys.stats(op), "item_ms", f"{ms:.3f}")
+            pipe.hset(self.keys.stats(op), mapping={"item_ms": f"{ms:.3f}",
+                                                    "batch_ms": f"{self._batch_ms.get(op, 0.0):.3f}"})
         pipe.execute()
 
     def _refresh_queue_gauges(self) -> None:
