@@ -119,3 +119,26 @@ def test_ort_refuses_export_of_other_weights(tiny_dir: Path, tmp_path: Path) -> 
     export_onnx(other, tmp_path / "x")
     with pytest.raises(ValueError, match="re-export"):
         OrtRuntime(tiny_dir, export_dir=tmp_path / "x")
+
+
+def test_torch_bf16_autocast_keeps_shapes_and_mostly_the_codes(tiny_dir: Path) -> None:
+    fp32, bf16 = TorchRuntime(tiny_dir), TorchRuntime(tiny_dir, precision="bf16")
+    assert bf16.info.precision == "bf16"
+    images = smooth_images(4, 32, seed=8)
+    c32, c16 = fp32.encode(images), bf16.encode(images)
+    assert c16.dtype == np.uint16 and c16.shape == c32.shape
+    assert (c16[..., 0] == c32[..., 0]).mean() > 0.5  # bf16 encoder: close, not bit-exact (fp32 is the reference)
+    assert bf16.decode(c32).dtype == np.uint8 and bf16.embed_codes(c32).dtype == np.float32
+    with pytest.raises(ValueError, match="precision"):
+        TorchRuntime(tiny_dir, precision="fp16")
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_gives_the_same_codes(tiny_dir: Path, tmp_path: Path) -> None:
+    from evotok.export.onnx_export import export_onnx
+    from evotok.export.parity import check_export
+
+    manifest = export_onnx(tiny_dir, tmp_path / "dyn", exporter="dynamo")
+    assert manifest.exporter == "dynamo"
+    report = check_export(tiny_dir, tmp_path / "dyn", threads=2)
+    assert report.passed and report.code_agreement == 1.0
