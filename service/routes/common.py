@@ -13,6 +13,7 @@ import numpy.typing as npt
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evotok.export.types import ModelInfo
 from evotok.service import metrics
@@ -73,7 +74,10 @@ async def read_images(request: Request, state: ServiceState) -> tuple[list[bytes
     mtype = media_type(request)
     if mtype == "multipart/form-data":
         limit = state.settings.max_batch_images
-        form = await request.form(max_files=limit + 1, max_fields=limit + 8)
+        try:
+            form = await request.form(max_files=limit + 1, max_fields=limit + 8)
+        except StarletteHTTPException as exc:  # multipart parse errors (too many parts, bad boundary)
+            raise InvalidInput(f"malformed multipart body: {exc.detail}") from exc
         singles = form.getlist("image")
         batch = form.getlist("images")
         if singles and batch:
