@@ -78,6 +78,7 @@ class InProcessBatcher(Batcher):
         self.max_queue_size = max_queue_size
         self._queue: collections.deque[_Entry] = collections.deque()
         self._running = 0
+        self._forming: list[_Entry] = []  # taken off the queue, batch not closed yet
         self._runtime: Runtime | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evotok-runtime")
         self._wakeup: asyncio.Event | None = None
@@ -111,8 +112,8 @@ class InProcessBatcher(Batcher):
         now = time.monotonic()
         oldest = min((e.enqueued for e in self._queue), default=now)
         return BatcherStats(
-            queued=len(self._queue),
-            in_flight=len(self._queue) + self._running,
+            queued=len(self._queue) + len(self._forming),
+            in_flight=len(self._queue) + len(self._forming) + self._running,
             oldest_age_s=now - oldest,
             ready=self._runtime is not None and self.alive and not self._draining,
             draining=self._draining,
@@ -121,12 +122,13 @@ class InProcessBatcher(Batcher):
     async def drain(self, timeout_s: float = 30.0) -> None:
         self._draining = True
         end = time.monotonic() + timeout_s
-        while (self._queue or self._running) and time.monotonic() < end and self.alive:
+        while (self._queue or self._forming or self._running) and time.monotonic() < end and self.alive:
             await asyncio.sleep(0.01)
-        for entry in list(self._queue):
+        for entry in [*self._queue, *self._forming]:
             if not entry.future.done():
                 entry.future.set_exception(NotReady("server is shutting down"))
         self._queue.clear()
+        self._forming = []
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -144,7 +146,7 @@ class InProcessBatcher(Batcher):
         if self._runtime is None or self._wakeup is None or not self.alive:
             raise NotReady("model is not loaded yet; see GET /readyz")
         endpoint = metrics.endpoint_of_op(op)
-        if len(self._queue) + self._running >= self.max_queue_size:
+        if self._backlog() >= self.max_queue_size:
             raise Overloaded(
                 f"queue is full ({self.max_queue_size} items); retry later", retry_after_s=self._retry_after()
             )
@@ -162,8 +164,11 @@ class InProcessBatcher(Batcher):
             metrics.DEADLINE_EXCEEDED.labels(endpoint, "api").inc()
             raise DeadlineExceeded(f"no result within the request deadline ({deadline - now:.3f} s)") from None
 
+    def _backlog(self) -> int:
+        return len(self._queue) + len(self._forming) + self._running
+
     def _retry_after(self) -> float:
-        backlog = len(self._queue) + self._running
+        backlog = self._backlog()
         rate = self._items_per_s if self._items_per_s > 0 else 1.0
         return float(max(1, math.ceil(backlog / rate)))
 
@@ -219,6 +224,7 @@ class InProcessBatcher(Batcher):
             await self._wakeup.wait()
         first = self._queue.popleft()
         batch = [first]
+        self._forming = batch  # the same list: entries added below are visible to stats/drain
         limit = self.policy.max_batch_size
         close_at = first.enqueued + self.policy.max_queue_delay_s
         while True:
@@ -237,6 +243,7 @@ class InProcessBatcher(Batcher):
         while True:
             picked_at = time.monotonic()
             batch, reason = await self._next_batch()
+            self._forming = []
             batch = [e for e in batch if not e.future.done()]
             if not batch:
                 continue

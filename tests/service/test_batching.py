@@ -123,3 +123,12 @@ async def test_not_ready_before_attach_and_while_draining() -> None:
     assert (await admitted).shape == (4, 4, 4)  # admitted work finished during the drain
     await drain
     assert rt.closed and not b.alive
+
+
+async def test_drain_finishes_a_batch_that_is_still_forming() -> None:
+    b, _rt = await _batcher(max_batch=8, delay_s=0.3)
+    item = asyncio.create_task(b.submit("encode", IMG, _deadline()))
+    await asyncio.sleep(0.05)  # the batcher holds the item, waiting for more until the delay ends
+    assert b.stats().queued == 1
+    await b.drain(5.0)
+    assert (await asyncio.wait_for(item, 1.0)).shape == (4, 4, 4)
