@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from fastapi import Request
+from fastapi import Header, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -62,8 +62,30 @@ def model_card(info: ModelInfo) -> dict[str, str]:
     return {"name": info.name, "weights_hash": info.weights_hash}
 
 
-def deadline_for(state: ServiceState) -> float:
-    return time.monotonic() + state.settings.request_timeout_s
+TIMEOUT_HEADER = "x-request-timeout-ms"
+
+
+def timeout_header(
+    x_request_timeout_ms: float | None = Header(
+        None, description="optional client deadline in ms; shortens (never extends) EVOTOK_REQUEST_TIMEOUT_S"
+    ),
+) -> None:
+    """Declares the header in the OpenAPI schema; ``deadline_for`` reads and validates it."""
+
+
+def deadline_for(state: ServiceState, request: Request) -> float:
+    """Absolute deadline: ``request_timeout_s`` from now, shortened by an ``X-Request-Timeout-Ms`` header."""
+    budget = state.settings.request_timeout_s
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is not None:
+        try:
+            asked = float(raw) / 1000.0
+        except ValueError:
+            asked = -1.0
+        if not asked > 0:
+            raise InvalidInput(f"X-Request-Timeout-Ms must be a positive number of milliseconds, got {raw!r}")
+        budget = min(budget, asked)  # a client may shorten the server's deadline, never extend it
+    return time.monotonic() + budget
 
 
 async def read_images(request: Request, state: ServiceState) -> tuple[list[bytes], bool]:
@@ -161,7 +183,7 @@ async def submit_all(
     state: ServiceState, request: Request, op: Op, payloads: list[npt.NDArray[Any]], endpoint: str
 ) -> list[npt.NDArray[Any]]:
     """Submit each item to the batcher (they may share a batch) and wait for all, watching the client."""
-    deadline = deadline_for(state)
+    deadline = deadline_for(state, request)
     batcher = state.batcher
 
     async def run() -> list[npt.NDArray[Any]]:

@@ -10,10 +10,10 @@ from evotok.service.auth import require_api_key
 from evotok.service.codes_io import NPY_CONTENT_TYPE
 from evotok.service.handlers import openapi_errors
 from evotok.service.imaging import encode_png
-from evotok.service.routes.common import read_codes, submit_all, timed
+from evotok.service.routes.common import read_codes, submit_all, timed, timeout_header
 from evotok.service.state import get_state
 
-router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key), Depends(timeout_header)])
 
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,

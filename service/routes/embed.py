@@ -21,12 +21,13 @@ from evotok.service.routes.common import (
     read_images,
     submit_all,
     timed,
+    timeout_header,
     wants_npy,
 )
 from evotok.service.schemas import EmbedResponse
 from evotok.service.state import get_state
 
-router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key), Depends(timeout_header)])
 
 _BINARY = {"type": "string", "format": "binary"}
 _REQUEST_BODY: dict[str, Any] = {

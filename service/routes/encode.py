@@ -12,11 +12,19 @@ from evotok.service.auth import require_api_key
 from evotok.service.codes_io import NPY_CONTENT_TYPE, to_npy
 from evotok.service.errors import InvalidInput
 from evotok.service.handlers import openapi_errors
-from evotok.service.routes.common import decode_images, model_card, read_images, submit_all, timed, wants_npy
+from evotok.service.routes.common import (
+    decode_images,
+    model_card,
+    read_images,
+    submit_all,
+    timed,
+    timeout_header,
+    wants_npy,
+)
 from evotok.service.schemas import EncodeResponse
 from evotok.service.state import get_state
 
-router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key), Depends(timeout_header)])
 
 _BINARY = {"type": "string", "format": "binary"}
 _REQUEST_BODY: dict[str, Any] = {

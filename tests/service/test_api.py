@@ -229,3 +229,12 @@ def test_batch_form_larger_than_the_queue_is_429(app_client) -> None:  # type: i
     time.sleep(0.1)
     assert len(rt.batch_sizes) == runs_before  # the two admitted siblings were cancelled before their batch formed
     assert c.post("/encode", files=files[:2]).status_code == 200
+
+
+def test_client_timeout_header_shortens_the_deadline(app_client) -> None:  # type: ignore[no-untyped-def]
+    c = app_client(runtime=ServiceFakeRuntime(delay_s=0.3), request_timeout_s=10.0)
+    headers = {"content-type": "image/png"}
+    t0 = time.monotonic()
+    r = c.post("/encode", content=png_bytes(), headers={**headers, "x-request-timeout-ms": "100"})
+    assert r.status_code == 504 and time.monotonic() - t0 < 0.3
+    assert c.post("/encode", content=png_bytes(), headers={**headers, "x-request-timeout-ms": "5000"}).status_code == 200

@@ -152,6 +152,8 @@ CASES = [
     Case("broken multipart boundary", "post", "/encode", 422, "invalid_input",
          lambda: {"content": b"--xyz\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc",
                   "headers": {"content-type": "multipart/form-data; boundary=other"}}),
+    Case("bad timeout header", "post", "/encode", 422, "invalid_input",
+         lambda: {"content": PNG, "headers": {"content-type": "image/png", "x-request-timeout-ms": "-5"}}),
     Case("depth 0", "post", "/encode?depth=0", 422, "invalid_input", img(PNG)),
     Case("depth too big", "post", "/encode?depth=5", 422, "invalid_input", img(PNG)),
     Case("depth not a number", "post", "/encode?depth=abc", 422, "invalid_input", img(PNG)),
