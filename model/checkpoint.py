@@ -75,6 +75,7 @@ def save_weights(
     meta = {"format": FORMAT, "config": json.dumps(cfg.to_dict()), "content_sha256": digest}
     tmp = folder / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata=meta)
+    tmp.chmod(0o644)
     tmp.replace(folder / WEIGHTS_FILE)
     card = {
         "format": FORMAT,

@@ -182,9 +182,11 @@ def _small() -> EvoTokConfig:
         encoder=EncoderConfig(
             kind="efficientnet-lite0", feature_dim=112, task_hidden=256, last_block=10, trainable_from_block=3
         ),
-        # ~1024 residuals per step for 1024 codes: "dead" means used at < 5% of the uniform rate
+        # ~1024 residuals per step for 1024 codes (1 per code per step): "dead" below half the uniform rate,
+        # the same ratio as the reference (65536 residuals, 32768 codes, threshold 1)
         quantizer=QuantizerConfig(
-            num_depths=16, codebook_size=1024, dim=32, decay=0.99, warmup_steps=200, restart_threshold=0.05,
+            # no warm-up: the reference's frozen-sum warm-up only makes sense with its count floor of 1
+            num_depths=16, codebook_size=1024, dim=32, decay=0.95, warmup_steps=0, restart_threshold=0.5,
             count_floor=0.0,
         ),
         pixel_decoder=PixelDecoderConfig(

@@ -53,6 +53,8 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt if present")
     p.add_argument("--export-weights", type=Path, default=None, help="write the final model folder here")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--export-only", action="store_true",
+                   help="do not train: export OUT/checkpoints/last.pt to --export-weights and exit")
     args = p.parse_args(argv)
     _setup_logging()
     fields = {
@@ -67,6 +69,15 @@ def train_main(argv: list[str]) -> int:
     from evotok.model.train.trainer import Trainer
 
     trainer = Trainer(tcfg)
+    if args.export_only:
+        if args.export_weights is None or not trainer.ckpt_path.exists():
+            sys.stderr.write("evotok train --export-only needs --export-weights and an existing checkpoint\n")
+            return 2
+        trainer.load(trainer.ckpt_path)
+        from evotok.model.train.export_weights import export_from_trainer
+
+        export_from_trainer(trainer, args.export_weights)
+        return 0
     last = trainer.fit(resume=args.resume, progress=not args.no_progress)
     if trainer.dist.main and args.export_weights is not None:
         from evotok.model.train.export_weights import export_from_trainer
