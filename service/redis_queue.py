@@ -114,9 +114,8 @@ class RedisBatcher(Batcher):
             await asyncio.sleep(0.02)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)  # bounded: a wedged socket must not block shutdown
         self._tasks = []
         for fut in self._pending.values():
             if not fut.done():

@@ -189,8 +189,10 @@ async def test_poison_entry_goes_to_dead_letters_with_error_reply(redis_server: 
     b = RedisBatcher(settings_for(redis_server, prefix), RT.info)
     await b.start()
     try:
-        task = asyncio.create_task(b.submit("encode", image(), deadline(20)))
-        await asyncio.sleep(0.2)
+        task = asyncio.create_task(b.submit("encode", image(), deadline(30)))
+        end = time.monotonic() + 10
+        while c.xlen(keys.work("encode")) < 1 and time.monotonic() < end:
+            await asyncio.sleep(0.02)
         # a consumer that "crashed" on this entry several times: delivery count 5 > max 3
         resp = c.xreadgroup(GROUP, "ghost", {keys.work("encode"): ">"}, count=1)
         entry_id = resp[0][1][0][0]
