@@ -72,15 +72,15 @@ def graph_specs(cfg: Any) -> dict[str, GraphSpec]:
     }
 
 
-def _cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def _cast(model: Any, dtype: torch.dtype) -> Any:
     """The model itself for fp32, else a converted copy (the caller's fp32 model is never modified)."""
     return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
 
 
 class EncoderGraph(nn.Module):
-    def __init__(self, model: nn.Module, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: Any, compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.model = _cast(model, compute_dtype)
+        self.model: Any = _cast(model, compute_dtype)
         self.compute_dtype = compute_dtype
 
     def forward(self, images: Tensor) -> Tensor:
@@ -93,7 +93,7 @@ class EncoderGraph(nn.Module):
 class QuantizerGraph(nn.Module):
     """fp32 residual search; buffers hold each depth's ``e^T`` ``(C, K)``, ``||e||^2`` ``(K,)`` and rows."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         books = list(model.quantize.codebooks)
         self.num_depths = len(books)
@@ -119,24 +119,24 @@ class QuantizerGraph(nn.Module):
 class _CodeLookup(nn.Module):
     """codes ``(B, h, w, d)`` -> latent ``(B, h, w, C)`` fp32, summed depth by depth like ``codes_to_latent``."""
 
-    def __init__(self, model: nn.Module, depth: int) -> None:
+    def __init__(self, model: Any, depth: int) -> None:
         super().__init__()
         self.depth = depth
         for d in range(depth):
             self.register_buffer(f"rows{d}", model.quantize.codebooks[d].weight.detach().float().clone())
 
     def forward(self, codes: Tensor) -> Tensor:
-        out: Tensor = self.rows0[codes[..., 0]]
+        out: Tensor = getattr(self, "rows0")[codes[..., 0]]  # noqa: B009 - buffers are Any to mypy
         for d in range(1, self.depth):
             out = out + getattr(self, f"rows{d}")[codes[..., d]]
         return out
 
 
 class DecoderGraph(nn.Module):
-    def __init__(self, model: nn.Module, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: Any, compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.lookup = _CodeLookup(model, model.cfg.pixel_depth)  # fp32 rows from the fp32 model
-        self.model = _cast(model, compute_dtype)
+        self.model: Any = _cast(model, compute_dtype)
         self.compute_dtype = compute_dtype
 
     def forward(self, codes: Tensor) -> Tensor:
@@ -147,10 +147,10 @@ class DecoderGraph(nn.Module):
 
 
 class SemanticDecoderGraph(nn.Module):
-    def __init__(self, model: nn.Module, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: Any, compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.lookup = _CodeLookup(model, model.cfg.semantic_depth)
-        self.model = _cast(model, compute_dtype)
+        self.model: Any = _cast(model, compute_dtype)
         self.compute_dtype = compute_dtype
 
     def forward(self, codes: Tensor) -> Tensor:
@@ -158,7 +158,7 @@ class SemanticDecoderGraph(nn.Module):
         return features.float()
 
 
-def build_graph(name: str, model: nn.Module, compute_dtype: torch.dtype = torch.float32) -> nn.Module:
+def build_graph(name: str, model: Any, compute_dtype: torch.dtype = torch.float32) -> nn.Module:
     """One of ``GRAPH_NAMES`` in eval mode; the quantizer ignores ``compute_dtype`` (always fp32)."""
     if name == "encoder":
         graph: nn.Module = EncoderGraph(model, compute_dtype)

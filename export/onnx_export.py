@@ -145,13 +145,15 @@ def _export_one(graph: Any, example: Any, path: Path, in_name: str, out_name: st
                     dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}},
                 )
             return "legacy"
-        except Exception as e:  # noqa: BLE001 - any exporter failure -> try the other exporter
+        except Exception as e:
             log.warning("legacy ONNX export of %s failed (%s); retrying with the dynamo exporter", path.name, e)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
         graph, (example,), dynamo=True, opset_version=max(opset, 18), input_names=[in_name],
         output_names=[out_name], dynamic_shapes=({0: batch},), verbose=False,
     )
+    if program is None:  # pragma: no cover - only when f= is given
+        raise RuntimeError(f"dynamo export of {path.name} returned no program")
     program.save(str(path), external_data=False)
     return "dynamo"
 

@@ -31,7 +31,7 @@ class TorchRuntime(Runtime):
         weights_dir: Path | str,
         device: str = "cpu",
         precision: str = "fp32",
-        compile: bool = False,  # noqa: A002 - the documented option name
+        compile: bool = False,
         threads: int | None = None,
     ) -> None:
         import torch
@@ -79,7 +79,8 @@ class TorchRuntime(Runtime):
         with self._ctx():
             latent = self._encode_latent(x)
             codes = self.model.quantize(latent.float()).codes  # fp32 search (autocast off inside)
-        return codes.cpu().numpy().astype(np.uint16)
+        out: npt.NDArray[np.uint16] = codes.cpu().numpy().astype(np.uint16)
+        return out
 
     def _latent(self, codes: Codes, depth: int) -> Any:
         import torch

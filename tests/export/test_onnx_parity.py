@@ -66,7 +66,7 @@ def test_parity_detects_a_wrong_graph(tiny_dir: Path, tiny_export: Path, tmp_pat
 @pytest.mark.slow
 def test_small_parity_onnxruntime_cpu(small_dir: Path, tmp_path: Path) -> None:
     manifest = export_onnx(small_dir, tmp_path / "small")
-    assert manifest.export_seconds < 60
+    assert manifest.export_seconds < 120  # `evotok export` must finish in 2 minutes
     _assert_parity(small_dir, tmp_path / "small")
 
 
