@@ -15,8 +15,8 @@ TorchScript one: on the shipped model it exports all four graphs in ~1.5 s again
 exporter, with identical codes in ONNX Runtime (measured with torch 2.13, onnxruntime 1.32); the dynamo
 exporter is the fallback if the legacy one is unavailable or fails, and can be forced.
 
-The folder is written to a temporary sibling and renamed into place, so concurrent ``ensure_exported``
-callers never see a half-written folder.
+The folder is written to a temporary sibling and renamed into place, so readers never see a half-written
+folder, and ``ensure_exported`` serialises concurrent exporters with a file lock.
 """
 
 from __future__ import annotations
@@ -246,12 +246,26 @@ def is_current(folder: Path, weights_hash: str) -> bool:
 
 
 def ensure_exported(weights_dir: Path | str, cache_dir: Path | str | None = None) -> Path:
-    """The export folder for ``weights_dir``, exporting first if it is missing or for other weights."""
+    """The export folder for ``weights_dir``, exporting first if it is missing or for other weights.
+
+    Processes starting together (API replicas, workers) serialise on ``<folder>.lock`` (``flock``): the first
+    exports, the others wait and then find the folder current.
+    """
+    import fcntl
+
     from evotok.model.checkpoint import read_card
 
     folder = default_export_dir(weights_dir, cache_dir)
-    if is_current(folder, str(read_card(weights_dir)["hash"])):
+    weights_hash = str(read_card(weights_dir)["hash"])
+    if is_current(folder, weights_hash):
         return folder
-    log.info("no current ONNX export at %s; exporting", folder)
-    export_onnx(weights_dir, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not is_current(folder, weights_hash):
+                log.info("no current ONNX export at %s; exporting", folder)
+                export_onnx(weights_dir, folder)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return folder

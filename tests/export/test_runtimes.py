@@ -142,3 +142,20 @@ def test_dynamo_exporter_gives_the_same_codes(tiny_dir: Path, tmp_path: Path) ->
     assert manifest.exporter == "dynamo"
     report = check_export(tiny_dir, tmp_path / "dyn", threads=2)
     assert report.passed and report.code_agreement == 1.0
+
+
+def test_concurrent_ensure_exported_exports_once(tmp_path: Path) -> None:
+    """Two processes starting together: one exports, the other waits on the lock and reuses the folder."""
+    import subprocess
+    import sys
+
+    weights = make_weights(tmp_path / "w", "evotok-tiny")
+    code = ("import sys, logging; logging.basicConfig(level=logging.INFO); "
+            "from evotok.export.onnx_export import ensure_exported; print(ensure_exported(sys.argv[1], sys.argv[2]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(weights), str(tmp_path / "cache")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert outs[0][0] == outs[1][0]
+    assert sum("exporting" in err for _, err in outs) == 1
+    assert read_manifest(Path(outs[0][0].strip())).weights_hash
