@@ -6,8 +6,8 @@ Run on a GPU host from a checkout with the ``gpu`` (and optionally ``trt``) extr
 
 Steps: export the ONNX graphs (with half-precision variants), compute reference codes with torch fp32 on CPU,
 then for each backend that can start here -- torch CUDA fp32 and bf16, ONNX Runtime CUDA EP (fp32),
-ONNX Runtime TensorRT EP (fp16 encoder/decoders, fp32 quantizer) and native TensorRT engines when
-``import tensorrt`` works -- print code agreement per depth (and the first mismatching depth), decoded-pixel
+ONNX Runtime TensorRT EP (fp16 encoder/decoders, fp32 quantizer) and native TensorRT engines (fp32, and
+``--precision`` for encoder/decoders) when ``import tensorrt`` works -- print code agreement per depth (and the first mismatching depth), decoded-pixel
 max-abs error and PSNR, semantic cosine, and encode/decode images/s at ``--batch``. A backend that cannot
 start (no provider, no TensorRT) is reported with its error, never silently replaced by another.
 Exit status 0 when at least one backend ran and every fp32 backend has 100% code agreement, else 1
@@ -65,12 +65,15 @@ def main(argv: list[str]) -> int:
     bench_images = np.random.default_rng(0).integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8)
     bench_codes = reference.encode(bench_images[:1]).repeat(args.batch, axis=0)
 
-    def make_trt() -> Any:
-        from evotok.export.tensorrt import build_engines
-        from evotok.export.trt_runtime import TensorRTRuntime
+    def make_trt(precision: str) -> Callable[[], Any]:
+        def make() -> Any:
+            from evotok.export.tensorrt import build_engines
+            from evotok.export.trt_runtime import TensorRTRuntime
 
-        build_engines(out, args.precision)
-        return TensorRTRuntime(weights, precision=args.precision, export_dir=out)
+            build_engines(out, precision)
+            return TensorRTRuntime(weights, precision=precision, export_dir=out)
+
+        return make
 
     def make_ort(providers: tuple[str, ...], precision: str = "fp32") -> Callable[[], Any]:
         from evotok.export.ort_runtime import OrtRuntime
@@ -83,7 +86,8 @@ def main(argv: list[str]) -> int:
         "torch-cuda-bf16": (lambda: TorchRuntime(weights, device="cuda", precision="bf16"), False),
         "ort-cuda-fp32": (make_ort(("cuda",)), True),
         "ort-tensorrt-ep-fp16": (make_ort(("tensorrt", "cuda"), "fp16"), False),
-        f"tensorrt-{args.precision}": (make_trt, False),
+        "tensorrt-fp32": (make_trt("fp32"), True),
+        f"tensorrt-{args.precision}": (make_trt(args.precision), False),
     }
     results: dict[str, Any] = {"export_seconds": export_s, "batch": args.batch, "num_images": len(images)}
     ok, ran = True, 0

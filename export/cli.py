@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None, help="cache root for the default --out")
     p.add_argument("--check", action="store_true", help="parity vs PyTorch fp32; recorded in the manifest")
     p.add_argument("--trt", action="store_true", help="also build TensorRT engines (GPU host with TensorRT)")
-    p.add_argument("--precision", choices=("fp16", "bf16"), default="fp16", help="TensorRT compute precision")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16",
+                   help="TensorRT precision of encoder and decoders (the quantizer is always fp32); fp32 gives "
+                        "the reference codes, fp16/bf16 flip a fraction of them (see docs/export.md)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--exporter", choices=("legacy", "dynamo"), default="legacy")
     p.add_argument("--force", action="store_true", help="export even if a current export exists")
@@ -44,7 +46,7 @@ def main(argv: list[str]) -> int:
 
     weights = args.weights or default_weights_dir()
     out = args.out or default_export_dir(weights, args.cache_dir)
-    half = (args.precision,) if args.trt else ()
+    half = (args.precision,) if args.trt and args.precision != "fp32" else ()
     t0 = time.perf_counter()
     current = is_current(out, str(read_card(weights)["hash"]))
     if current and half and any(args.precision not in g.variants for n, g in read_manifest(out).graphs.items()

@@ -6,7 +6,8 @@ Build rules:
   comes from the ONNX graph, so no FP16/BF16 builder flag is set. Encoder and decoders are built from the
   half-precision ONNX variants (``<graph>.fp16.onnx`` / ``.bf16.onnx``, exported with ``--trt``), whose
   boundaries are unchanged (uint8 images, int64 codes, float32 latents/features); the quantizer is always
-  built from the fp32 ``quantizer.onnx``.
+  built from the fp32 ``quantizer.onnx``. ``fp32`` builds every graph from the fp32 ONNX files. TF32 is
+  switched off in every engine (TensorRT enables it by default, and TF32 matmuls would change the codes).
 - one optimization profile per batch range (``BatchProfile``; default ranges 1-4, 5-16, 17-64, each tuned
   at its upper end); the runtime picks the profile whose range holds the batch.
 - one timing cache per engine folder (``timing.cache``), loaded before and saved after each build.
@@ -39,7 +40,7 @@ ENGINE_SUFFIX = ".engine"
 META_SUFFIX = ".engine.json"
 TIMING_CACHE = "timing.cache"
 DEFAULT_RANGES: tuple[tuple[int, int], ...] = ((1, 4), (5, 16), (17, 64))
-PRECISIONS = ("fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class TensorRTUnavailableError(RuntimeError):
@@ -194,6 +195,7 @@ def build_engine(
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    config.clear_flag(trt.BuilderFlag.TF32)  # fp32 layers (the quantizer) must really be fp32
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, False)
     for p in profiles:
@@ -228,12 +230,12 @@ class EnginePlan:
 
 
 def plan_engines(export_dir: Path, manifest: Any, device: DeviceIdentity, precision: str) -> EnginePlan:
-    """Engine folder and ONNX sources for ``precision``; needs the half variants from ``export --trt``."""
+    """Engine folder and ONNX sources for ``precision``; fp16/bf16 need the half variants from ``export --trt``."""
     if precision not in PRECISIONS:
         raise ValueError(f"TensorRT precision must be one of {PRECISIONS}, got {precision!r}")
     sources: dict[str, tuple[str, str]] = {}
     for name, entry in manifest.graphs.items():
-        if name == "quantizer":
+        if name == "quantizer" or precision == "fp32":
             sources[name] = (entry.file, entry.sha256)
         elif precision in entry.variants:
             sources[name] = (entry.variants[precision], entry.variant_sha256[precision])

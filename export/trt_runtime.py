@@ -6,7 +6,7 @@ TensorRT version), the ONNX file it must come from and the precision (``check_en
 CUDA build is required on TensorRT hosts). One execution context per optimization profile; a batch uses the
 profile whose range holds it, and batches above the largest range are split.
 
-Options: ``precision`` ("fp16" or "bf16"), ``export_dir`` (the ONNX folder) or ``cache_dir`` / ``engine_dir``
+Options: ``precision`` ("fp32", "fp16" or "bf16"), ``export_dir`` (the ONNX folder) or ``cache_dir`` / ``engine_dir``
 (synonyms: the cache root holding ``<model>-<hash12>/``, engines under its ``trt/``), ``build`` (build missing
 engines instead of refusing), ``device_index``.
 

@@ -35,6 +35,9 @@ class FakeTRT(types.ModuleType):
         class MemoryPoolType:
             WORKSPACE = "workspace"
 
+        class BuilderFlag:
+            TF32 = "tf32"
+
         class Profile:
             def set_shape(self, name: str, mn: Any, opt: Any, mx: Any) -> None:
                 fake.calls.append(("set_shape", (name, mn, opt, mx)))
@@ -52,6 +55,9 @@ class FakeTRT(types.ModuleType):
 
             def set_flag(self, flag: Any) -> None:  # a strongly typed build must never call this
                 fake.calls.append(("set_flag", flag))
+
+            def clear_flag(self, flag: Any) -> None:
+                fake.calls.append(("clear_flag", flag))
 
             def create_timing_cache(self, data: bytes) -> Cache:
                 fake.calls.append(("timing_cache_in", data))
@@ -98,6 +104,7 @@ class FakeTRT(types.ModuleType):
 
         self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
         self.NetworkDefinitionCreationFlag, self.MemoryPoolType = NetworkDefinitionCreationFlag, MemoryPoolType
+        self.BuilderFlag = BuilderFlag
 
 
 DEVICE = T.DeviceIdentity("NVIDIA H100 80GB HBM3", "9.0", "10.8.0")
@@ -171,6 +178,7 @@ def test_build_engines_with_fake_trt(trt_export: Path) -> None:
     flags = [c[1] for c in fake.calls if c[0] == "network_flags"]
     assert flags == [1 << 5] * 4  # strongly typed, every graph
     assert not [c for c in fake.calls if c[0] == "set_flag"]  # no FP16 builder flag: types come from ONNX
+    assert [c[1] for c in fake.calls if c[0] == "clear_flag"] == ["tf32"] * 4  # fp32 stays fp32 (no TF32)
     shapes = [c[1] for c in fake.calls if c[0] == "set_shape"]
     assert ("images", (1, 32, 32, 3), (2, 32, 32, 3), (2, 32, 32, 3)) in shapes
     assert ("codes", (3, 4, 4, 2), (8, 4, 4, 2), (8, 4, 4, 2)) in shapes  # decoder, pixel depth 2
@@ -190,6 +198,14 @@ def test_build_engines_with_fake_trt(trt_export: Path) -> None:
     # another GPU gets another folder
     other = T.DeviceIdentity("NVIDIA A100-SXM4-80GB", "8.0", "10.8.0")
     assert T.build_engines(trt_export, "fp16", device=other, trt=FakeTRT()) != folder
+
+
+def test_fp32_engines_use_the_fp32_graphs(tiny_export: Path) -> None:
+    folder = T.build_engines(tiny_export, "fp32", device=DEVICE, trt=FakeTRT())
+    assert "-fp32-" in folder.name
+    for g in ("encoder", "quantizer", "decoder", "semantic_decoder"):
+        meta = json.loads((folder / f"{g}.engine.json").read_text())
+        assert meta["onnx_file"] == f"{g}.onnx" and meta["precision"] == "fp32"
 
 
 def test_build_needs_half_variants_and_reports_parse_errors(tiny_export: Path, trt_export: Path) -> None:
