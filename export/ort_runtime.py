@@ -52,6 +52,8 @@ def provider_list(requested: Sequence[str], graph: str, *, precision: str, engin
                 opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(engine_dir / graph),
                             trt_timing_cache_enable=True, trt_timing_cache_path=str(engine_dir))
             out.append((PROVIDERS[p], opts))
+        elif p == "cuda":
+            out.append((PROVIDERS[p], {"use_tf32": "0"}))  # TF32 convs/matmuls would change the codes
         else:
             out.append(PROVIDERS[p])
     return out

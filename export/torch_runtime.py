@@ -4,7 +4,8 @@ Options: ``device`` ("cpu", "cuda", "cuda:1"), ``precision`` ("fp32" or "bf16": 
 and decoders; the quantizer disables autocast and always searches in fp32), ``compile`` (``torch.compile``
 the encoder and decoders; the first call per batch size pays the compile), ``threads`` (CPU threads).
 
-It is the reference the other backends are checked against (fp32, CPU).
+It is the reference the other backends are checked against (fp32, CPU). On CUDA it switches TF32 off
+(process-wide) so that fp32 really is fp32.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class TorchRuntime(Runtime):
             raise RuntimeError(f"device {device!r} requested but torch.cuda.is_available() is False")
         if threads:
             torch.set_num_threads(threads)
+        if device.startswith("cuda"):
+            # process-wide: cuDNN allows TF32 convolutions by default, which would change fp32 codes
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.weights_dir = Path(weights_dir)
         self.golden_path = self.weights_dir / GOLDEN_FILE
         self.model, loaded = load_model(self.weights_dir, device=device)

@@ -40,7 +40,7 @@ def test_refuses_when_cuda_did_not_load(tiny_dir: Path, tiny_export: Path) -> No
     calls: list[Any] = []
     with pytest.raises(ProviderUnavailableError, match=r"\['cuda'\] did not load.*CPUExecutionProvider"):
         OrtRuntime(tiny_dir, providers=("cuda",), export_dir=tiny_export, session_factory=_factory(False, calls))
-    assert calls and calls[0][1] == ["CUDAExecutionProvider"]
+    assert calls and calls[0][1] == [("CUDAExecutionProvider", {"use_tf32": "0"})]
 
 
 def test_accepts_and_reports_real_providers(tiny_dir: Path, tiny_export: Path) -> None:
@@ -68,7 +68,7 @@ def test_tensorrt_provider_options_keep_quantizer_fp32(tmp_path: Path) -> None:
     quant = provider_list(("tensorrt", "cuda"), "quantizer", precision="fp16", engine_dir=tmp_path)
     assert enc[0][0] == "TensorrtExecutionProvider" and enc[0][1]["trt_fp16_enable"] is True
     assert quant[0][1]["trt_fp16_enable"] is False
-    assert enc[0][1]["trt_engine_cache_path"] == str(tmp_path / "encoder") and enc[1] == "CUDAExecutionProvider"
+    assert enc[0][1]["trt_engine_cache_path"] == str(tmp_path / "encoder") and enc[1] == ("CUDAExecutionProvider", {"use_tf32": "0"})
 
 
 def test_provider_validation(tiny_dir: Path, tiny_export: Path) -> None:
