@@ -67,3 +67,15 @@ def test_compare_codes() -> None:
     assert cmp.by_depth == (1.0, 0.875, 1.0) and cmp.first_mismatch_depth == 2 and cmp.mismatches == 1
     with pytest.raises(ValueError):
         compare_codes(a[..., :2], a)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "weights" / "evotok-small" / "golden.npz").is_file(),
+                    reason="shipped golden.npz absent")
+def test_shipped_golden_self_test_onnxruntime(tmp_path: Path) -> None:
+    """The service's readiness check on the shipped model: ONNX Runtime CPU reproduces the stored codes."""
+    from evotok.paths import default_weights_dir
+
+    rt = OrtRuntime(default_weights_dir(), cache_dir=tmp_path, threads=2)
+    result = rt.self_test()
+    assert result.passed and result.agreement == 1.0, result
