@@ -92,7 +92,7 @@ def write_golden(weights_dir: Path | str, images: npt.NDArray[np.uint8] | None =
     codes = rt.encode(images)
     path = folder / GOLDEN_FILE
     tmp = folder / (GOLDEN_FILE + ".tmp.npz")
-    np.savez(tmp, images=images, codes=codes, names=np.array(names), weights_hash=np.array(rt.info.weights_hash))
+    np.savez_compressed(tmp, images=images, codes=codes, names=np.array(names), weights_hash=np.array(rt.info.weights_hash))
     tmp.replace(path)
     log.info("wrote %s: %d images, codes %s", path, len(images), codes.shape)
     return path
