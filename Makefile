@@ -39,10 +39,12 @@ data: venv
 	$(BIN)/evotok data
 
 train-small: venv data
-	$(BIN)/evotok train --preset evotok-small --out runs/evotok-small --resume
+	$(BIN)/evotok train --preset evotok-small --out runs/evotok-small --steps 2000 --resume --export-weights weights/evotok-small
+	$(BIN)/evotok export --weights weights/evotok-small --golden
+	$(BIN)/evotok eval --weights weights/evotok-small --out docs/eval --write-card
 
-eval: venv
-	$(BIN)/evotok eval --weights weights/evotok-small --out docs/eval
+eval: venv data
+	$(BIN)/evotok eval --weights weights/evotok-small --out runs/eval
 
 export: venv
 	$(BIN)/evotok export --check

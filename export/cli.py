@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=("legacy", "dynamo"), default="legacy")
     p.add_argument("--force", action="store_true", help="export even if a current export exists")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for --check")
+    p.add_argument("--golden", action="store_true",
+                   help="only (re)write <weights>/golden.npz: fp32 torch reference codes of the sample photos")
     return p
 
 
@@ -45,6 +47,11 @@ def main(argv: list[str]) -> int:
     from evotok.paths import default_weights_dir
 
     weights = args.weights or default_weights_dir()
+    if args.golden:
+        from evotok.export.golden import write_golden
+
+        write_golden(weights)
+        return 0
     out = args.out or default_export_dir(weights, args.cache_dir)
     half = (args.precision,) if args.trt and args.precision != "fp32" else ()
     t0 = time.perf_counter()

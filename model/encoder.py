@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +56,7 @@ class SigLIP2Backbone(SemanticBackbone):
         return self.tower.encoder(inputs_embeds=hidden).last_hidden_state  # (B, N, W), no post-LN
 
 
-def _efficientnet_lite0(pretrained: bool) -> nn.Module:
+def _efficientnet_lite0(pretrained: bool) -> Any:
     from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
@@ -75,7 +76,7 @@ class EfficientNetBackbone(SemanticBackbone):
         net = _efficientnet_lite0(cfg.pretrained if pretrained is None else pretrained)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         self.blocks = nn.ModuleList(list(net._blocks)[: cfg.last_block + 1])
-        self.feature_dim = self.blocks[-1]._block_args.output_filters
+        self.feature_dim = int(net._blocks[cfg.last_block]._block_args.output_filters)
         if self.feature_dim != cfg.feature_dim:
             raise ValueError(f"block {cfg.last_block} has {self.feature_dim} channels, config says {cfg.feature_dim}")
         for i, block in enumerate(self.blocks):

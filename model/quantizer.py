@@ -156,7 +156,7 @@ class ResidualQuantizer(nn.Module):
                 idx = book.nearest(residual)  # (N,)
                 chosen = book.weight[idx].clone()  # (N, C), before this step's update
                 if self.training:
-                    self.usage[d] += torch.bincount(idx, minlength=book.size).float()
+                    self.usage[d] += torch.bincount(idx, minlength=self.cfg.codebook_size).float()
                     book.ema_update(residual, idx, self.cfg)
                 residual = residual - chosen
                 total = total + chosen

@@ -29,8 +29,8 @@ def find_images(folder: Path) -> list[Path]:
 
 def load_rgb(path: Path, max_side: int | None = None) -> npt.NDArray[np.uint8]:
     """``(H, W, 3)`` uint8; if ``max_side`` is set, the *short* side is reduced to at most ``max_side``."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with Image.open(path) as f:
+        im: Image.Image = f.convert("RGB")
         if max_side is not None and min(im.size) > max_side:
             scale = max_side / min(im.size)
             im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BOX)
@@ -86,8 +86,8 @@ def held_out_crops(paths: Sequence[Path], size: int = 256, grid_sides: Sequence[
     """``(N, size, size, 3)`` uint8 fixed evaluation crops (order: photo, then center, then grids)."""
     crops: list[npt.NDArray[np.uint8]] = []
     for path in paths:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        with Image.open(path) as f:
+            im: Image.Image = f.convert("RGB")
             crops.append(np.asarray(center_crop_arr(im, size)))
             for short in grid_sides:
                 if min(im.size) < short:

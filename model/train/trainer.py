@@ -81,7 +81,8 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown train config keys {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
 
 
 def threading_is_main() -> bool:
@@ -109,7 +110,9 @@ def init_distributed(device_type: str) -> DistInfo:
 def build_teacher(cfg: EvoTokConfig) -> SemanticBackbone:
     """The frozen twin of the encoder backbone (ImageNet weights for EfficientNet; for SigLIP2 the caller
     must load the original tower's weights into it)."""
-    return freeze(build_backbone(cfg.encoder, cfg.image_size, pretrained=True))
+    backbone = build_backbone(cfg.encoder, cfg.image_size, pretrained=True)
+    freeze(backbone)
+    return backbone
 
 
 def _load_train_images(spec: str) -> list[Path]:

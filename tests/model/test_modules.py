@@ -34,7 +34,7 @@ def test_unknown_keys_are_errors() -> None:
 
 def test_inconsistent_config_is_refused() -> None:
     cfg = get_preset("evotok-tiny")
-    with pytest.raises(ValueError, match="pixel_decoder.depth"):
+    with pytest.raises(ValueError, match=r"pixel_decoder\.depth"):
         EvoTokConfig.from_dict({**cfg.to_dict(), "pixel_decoder": {**cfg.to_dict()["pixel_decoder"], "depth": 9}})
 
 

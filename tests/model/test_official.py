@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from evotok.model.config import get_preset
-from evotok.model.convert import ConversionError, build_converted, convert_state_dict, load_official_checkpoint
+from evotok.model.convert import (
+    ConversionError,
+    build_converted,
+    convert_state_dict,
+    load_official_checkpoint,
+)
 from tests.model.official_keys import random_official_state
 
 pytestmark = pytest.mark.slow

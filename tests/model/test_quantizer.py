@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from evotok.model.config import QuantizerConfig
@@ -35,7 +37,7 @@ def test_residual_norm_falls_with_every_depth_after_ema_fitting() -> None:
     q = ResidualQuantizer(cfg)
     data = _data()
     q.train()
-    for step in range(40):
+    for _ in range(40):
         q(data[torch.randperm(len(data))[:512]].reshape(8, 8, 8, 8))
     q.eval()
     x = data[:512].reshape(8, 8, 8, 8)
@@ -43,7 +45,7 @@ def test_residual_norm_falls_with_every_depth_after_ema_fitting() -> None:
     norms = [float((x - out.cumulative[d]).norm(dim=-1).mean()) for d in range(cfg.num_depths)]
     base = float(x.norm(dim=-1).mean())
     assert norms[0] < base
-    assert all(b < a for a, b in zip(norms, norms[1:], strict=False)), norms
+    assert all(b < a for a, b in itertools.pairwise(norms)), norms
 
 
 def test_nearest_matches_brute_force_and_first_index_on_ties() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from evotok.model.train.trainer import Trainer, TrainConfig
+from evotok.model.train.trainer import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The web page in a real headless Chromium (Debian ``chromium``, driven by Playwright) against the real app
 under uvicorn: upload a photo, wait for the reconstructions, check every view renders, download the codes and
-PNG and compare them with what the API returns. Saves a screenshot to artifacts/web/ and docs/img/web.png.
+PNG and compare them with what the API returns. Saves a screenshot to artifacts/web/ (and to docs/img/web.png with EVOTOK_UPDATE_DOCS_SCREENSHOT=1).
 
 Runtime: the fake runtime shaped like the shipped model by default; ``EVOTOK_TEST_RUNTIME=real`` serves the
 shipped weights instead (used to make the README screenshot).
@@ -162,9 +162,10 @@ def test_page_end_to_end(server: Server, photo: Path, browser: Any, tmp_path: Pa
     shot = ARTIFACTS / f"page-{info.name}.png"
     page.screenshot(path=str(shot), full_page=True)
     assert Image.open(shot).size[0] == 1280
-    docs_img = REPO / "docs" / "img" / "web.png"
-    docs_img.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, docs_img)
+    if os.environ.get("EVOTOK_UPDATE_DOCS_SCREENSHOT") == "1":  # refresh the README picture on purpose only
+        docs_img = REPO / "docs" / "img" / "web.png"
+        docs_img.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, docs_img)
     page.close()
 
 
