@@ -3,7 +3,9 @@
 ``{"error": {"code": "...", "message": "...", "status": N}}`` for domain exceptions (status/code from
 ERROR_TABLE), FastAPI's request validation errors (422 ``invalid_input``), Starlette HTTP errors (404
 ``not_found``, 405 ``method_not_allowed``, ...) and anything unexpected (500 ``internal``, logged, never a
-stack trace in the body). 429/503 carry ``Retry-After`` when the error knows it; 401 carries
+stack trace in the body). A client that hangs up while its request body is still being read (Starlette's
+``ClientDisconnect``) is counted in ``evotok_client_disconnects_total`` like one that hangs up while its
+request is queued, and answered 499 ``client_closed_request`` (nobody reads it) instead of a logged 500. 429/503 carry ``Retry-After`` when the error knows it; 401 carries
 ``WWW-Authenticate: Bearer``.
 """
 
@@ -17,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from evotok.service import metrics
 from evotok.service.errors import ERROR_TABLE, ServiceError
@@ -94,6 +97,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers or None)
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ClientDisconnect)
+    metrics.CLIENT_DISCONNECTS.labels(endpoint_of_path(request.url.path)).inc()
+    _count(request, 499, "client_closed_request")
+    return error_response(499, "client_closed_request", "client disconnected while sending the request")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     _count(request, 500, "internal")
@@ -104,6 +114,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unexpected)
 
 

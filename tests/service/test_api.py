@@ -238,3 +238,35 @@ def test_client_timeout_header_shortens_the_deadline(app_client) -> None:  # typ
     r = c.post("/encode", content=png_bytes(), headers={**headers, "x-request-timeout-ms": "100"})
     assert r.status_code == 504 and time.monotonic() - t0 < 0.3
     assert c.post("/encode", content=png_bytes(), headers={**headers, "x-request-timeout-ms": "5000"}).status_code == 200
+
+
+def test_hang_up_while_sending_the_body_counts_as_a_disconnect(client: TestClient) -> None:
+    """A client gone before its body was read: counted like any disconnect, 499, not a logged 500."""
+    from tests.service.server import metric_values
+
+    def disconnects() -> float:
+        return sum(metric_values(client.get("/metrics").text, "evotok_client_disconnects_total", endpoint="encode"))
+
+    before = disconnects()
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/encode", "raw_path": b"/encode", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"content-type", b"image/png"), (b"content-length", b"1000")],
+             "client": ("127.0.0.1", 1234), "server": ("testserver", 80)}
+
+    async def call() -> None:
+        await client.app(scope, receive, send)  # type: ignore[arg-type]
+
+    assert client.portal is not None
+    client.portal.call(call)
+    assert sent and sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    assert disconnects() == before + 1
+    assert 'code="500"' not in "\n".join(
+        line for line in client.get("/metrics").text.splitlines() if line.startswith("evotok_http_requests_total"))

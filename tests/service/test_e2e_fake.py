@@ -71,31 +71,52 @@ def test_concurrent_requests_are_batched(server: Server) -> None:
     assert at_most_one < count  # some batches had more than one item
 
 
-def test_client_disconnect_is_detected(server: Server) -> None:
-    def disconnects() -> float:
-        return sum(metric_values(httpx.get(f"{server.url}/metrics").text, "evotok_client_disconnects_total"))
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One item per batch, 0.5 s per batch: a request queued behind two others waits >= 0.5 s."""
+    env = {"EVOTOK_MAX_BATCH_SIZE": "1", "EVOTOK_MAX_QUEUE_DELAY_MS": "1", "EVOTOK_TEST_FAKE_DELAY_S": "0.5",
+           "EVOTOK_WARMUP_BATCH_SIZES": "[1]"}
+    srv = start_server(APP, env, tmp_path_factory.mktemp("slow") / "server.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
 
-    before = disconnects()
+
+def test_client_disconnect_is_detected(slow_server: Server) -> None:
+    url = slow_server.url
+
+    def metric(name: str, **labels: str) -> float:
+        return sum(metric_values(httpx.get(f"{url}/metrics", timeout=10).text, name, **labels))
+
+    before = metric("evotok_client_disconnects_total", endpoint="encode")
 
     async def impatient() -> None:
-        # keep the runtime busy so the impatient request waits in the queue, then hang up
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client, \
-                httpx.AsyncClient(base_url=server.url, timeout=30) as other:
+        # Two busy requests hold the (one-item, 0.5 s) runtime; the impatient one queues behind them and hangs
+        # up after 0.3 s, so the server still has >= 0.5 s of its work left when the client is gone (with the
+        # module server's 20 ms batches a loaded box could finish the work before it read the hang-up).
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client, \
+                httpx.AsyncClient(base_url=url, timeout=60) as other:
             assert (await other.get("/healthz")).status_code == 200  # connection already open: no connect delay
             data = png_bytes()
             busy = [asyncio.create_task(client.post("/encode", content=data, headers={"content-type": "image/png"}))
-                    for _ in range(40)]
-            await asyncio.sleep(0.05)
+                    for _ in range(2)]
+            end = time.monotonic() + 30
+            while metric("evotok_http_requests_in_flight", endpoint="encode") < 2:  # both reached the server
+                assert time.monotonic() < end, "busy requests never reached the server"
+                await asyncio.sleep(0.02)
             with pytest.raises(httpx.ReadTimeout):
                 await other.post("/encode", content=data, headers={"content-type": "image/png"},
-                                 timeout=httpx.Timeout(10.0, read=0.05))
-            await asyncio.gather(*busy)
+                                 timeout=httpx.Timeout(30.0, read=0.3))
+            assert [r.status_code for r in await asyncio.gather(*busy)] == [200, 200]
 
     asyncio.run(impatient())
-    deadline = time.monotonic() + 5
-    while disconnects() <= before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert disconnects() > before
+    # the server notices the hang-up on its own schedule (a loaded box); poll instead of one fixed sleep
+    deadline = time.monotonic() + 20
+    while metric("evotok_client_disconnects_total", endpoint="encode") <= before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric("evotok_client_disconnects_total", endpoint="encode") == before + 1
 
 
 def test_two_workers_share_metrics(tmp_path: Path) -> None:
