@@ -106,6 +106,15 @@ class _Outcome:
 
 
 @dataclass(frozen=True)
+class _ChunkRun:
+    """One successful runtime call: its op, item count and runtime seconds."""
+
+    op: Op
+    n: int
+    runtime_s: float
+
+
+@dataclass(frozen=True)
 class WorkerOptions:
     name: str
     policy: BatchPolicy
@@ -139,7 +148,9 @@ class Worker:
         self._last_loop = time.monotonic()
         self._next_claim = 0.0
         self._claim_cursor: dict[str, str] = {}
-        self._item_ms: dict[Op, float] = {}  # EWMA of runtime ms per item / per batch (admission predicts waits)
+        # EWMA of a batch's wall time per item / per batch, from the batch in hand to its replies delivered
+        # (runtime plus checks and delivery, which on a busy host are not small): admission predicts waits
+        self._item_ms: dict[Op, float] = {}
         self._batch_ms: dict[Op, float] = {}
         self.batches_done = 0
 
@@ -316,6 +327,7 @@ class Worker:
 
     # --- processing ----------------------------------------------------------------------------------------
     def _process(self, entries: list[RawEntry]) -> None:
+        t0 = time.perf_counter()
         out = _Outcome()
         items: list[WorkItem] = []
         for e in entries:
@@ -345,10 +357,27 @@ class Worker:
         for item in items:
             groups[(item.op, item.payload.dtype.str, item.payload.shape)].append(item)
         size = self.opts.policy.max_batch_size
+        runs: list[_ChunkRun] = []
         for (op, _, shape), members in groups.items():
             for i in range(0, len(members), size):
-                self._run_chunk(op, shape, members[i : i + size], out)
+                run = self._run_chunk(op, shape, members[i : i + size], out)
+                if run is not None:
+                    runs.append(run)
         self._deliver_all(out)
+        self._update_timing(runs, time.perf_counter() - t0)
+
+    def _update_timing(self, runs: list[_ChunkRun], total_s: float) -> None:
+        """EWMA per op of the wall time per batch / per item; the time outside the runtime calls (checks,
+        delivery) is shared equally among this call's chunks."""
+        if not runs:
+            return
+        overhead = max(0.0, total_s - sum(r.runtime_s for r in runs)) / len(runs)
+        for r in runs:
+            batch_ms = 1000 * (r.runtime_s + overhead)
+            prev = self._item_ms.get(r.op)
+            self._item_ms[r.op] = batch_ms / r.n if prev is None else 0.8 * prev + 0.2 * batch_ms / r.n
+            prev = self._batch_ms.get(r.op)
+            self._batch_ms[r.op] = batch_ms if prev is None else 0.8 * prev + 0.2 * batch_ms
 
     def _drop_expired_and_cancelled(self, items: list[WorkItem], out: _Outcome) -> list[WorkItem]:
         pipe = self.redis.pipeline(transaction=False)
@@ -371,7 +400,8 @@ class Worker:
                 keep.append(item)
         return keep
 
-    def _run_chunk(self, op: Op, shape: tuple[int, ...], members: list[WorkItem], out: _Outcome) -> None:
+    def _run_chunk(self, op: Op, shape: tuple[int, ...], members: list[WorkItem], out: _Outcome) -> _ChunkRun | None:
+        """Run one chunk and queue its replies; the timing of a successful run (None if it failed)."""
         bucket = qm.bucket_of(shape)
         batch = np.stack([m.payload for m in members])
         t0 = time.perf_counter()
@@ -384,7 +414,7 @@ class Worker:
             qm.BATCHES.labels(op, bucket, "error").inc()
             for m in members:
                 out.reply(m, "backend_error", f"inference failed: {type(exc).__name__}")
-            return
+            return None
         dt = time.perf_counter() - t0
         n = len(members)
         qm.BATCHES.labels(op, bucket, "ok").inc()
@@ -393,14 +423,10 @@ class Worker:
         qm.BATCH_FILL.labels(op, bucket).observe(n / self.opts.policy.max_batch_size)
         qm.STAGE_DURATION.labels(op, "runtime", bucket).observe(dt)
         qm.LAST_BATCH.set(time.time())
-        prev = self._item_ms.get(op)
-        per_item = 1000 * dt / n
-        self._item_ms[op] = per_item if prev is None else 0.8 * prev + 0.2 * per_item
-        prev = self._batch_ms.get(op)
-        self._batch_ms[op] = 1000 * dt if prev is None else 0.8 * prev + 0.2 * 1000 * dt
         self.batches_done += 1
         for i, m in enumerate(members):
             out.reply(m, "ok", "", result[i])
+        return _ChunkRun(op, n, dt)
 
     def _deliver_all(self, out: _Outcome) -> None:
         if not out.by_stream and not out.orphans:
