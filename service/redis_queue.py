@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
 READ_BLOCK_MS = 1000
 READ_COUNT = 512
+COMMAND_TIMEOUT_S = 3.0  # socket timeout of admission / monitor commands (a dead Redis fails faster: refused)
 
 
 class RedisBatcher(Batcher):
@@ -97,7 +98,7 @@ class RedisBatcher(Batcher):
     async def start(self) -> None:
         if self._started:
             return
-        self._redis = self._client(socket_timeout_s=3.0)
+        self._redis = self._client(socket_timeout_s=COMMAND_TIMEOUT_S)
         self._reader_redis = self._client(socket_timeout_s=READ_BLOCK_MS / 1000 + 3.0)
         self._admit = self._redis.register_script(ADMIT_LUA)
         self._started = True

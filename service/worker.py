@@ -364,13 +364,13 @@ class Worker:
                 if run is not None:
                     runs.append(run)
         self._deliver_all(out)
-        self._update_timing(runs, time.perf_counter() - t0)
+        if runs:
+            self._update_timing(runs, time.perf_counter() - t0)
+            self._publish_stats()  # admission predicts with the newest times (not only on heartbeats)
 
     def _update_timing(self, runs: list[_ChunkRun], total_s: float) -> None:
         """EWMA per op of the wall time per batch / per item; the time outside the runtime calls (checks,
         delivery) is shared equally among this call's chunks."""
-        if not runs:
-            return
         overhead = max(0.0, total_s - sum(r.runtime_s for r in runs)) / len(runs)
         for r in runs:
             batch_ms = 1000 * (r.runtime_s + overhead)
