@@ -18,7 +18,7 @@ from pathlib import Path
 
 # `make train-small` runs exactly this (after `evotok data`), then `evotok export --golden` and the eval.
 TRAIN_SMALL_COMMAND = (
-    "evotok data && evotok train --preset evotok-small --out runs/evotok-small --steps 2000 --resume "
+    "evotok data && evotok train --preset evotok-small --out runs/evotok-small --steps 2600 --resume "
     "--export-weights weights/evotok-small && evotok export --weights weights/evotok-small --golden"
 )
 CARD_NOTES = [

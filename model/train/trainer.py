@@ -52,7 +52,7 @@ class TrainConfig:
     preset: str = "evotok-small"
     out: str = "runs/evotok-small"
     data: str = "data/split.json"  # a split manifest, or a folder of images (recursive)
-    steps: int = 2500
+    steps: int = 2600
     max_minutes: float = 105.0  # wall-time budget over all resumes; saves and stops when spent
     batch_size: int = 4  # per process
     crop: int = 256
