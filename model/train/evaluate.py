@@ -208,9 +208,14 @@ def evaluate_folder(weights: Path | None, split: Path, out: Path, fid: bool = Tr
 
     folder = weights or default_weights_dir()
     model, loaded = load_model(folder)
-    if not split.exists():
-        raise FileNotFoundError(f"{split}: no split manifest; run `evotok data` (or `make data`) first")
-    crops = held_out_crops(load_split(split).held_out, model.cfg.image_size)
+    held_out = load_split(split).held_out if split.exists() else []
+    if not split.exists() or not all(p.exists() for p in held_out):
+        from evotok.model.train.photos import prepare
+
+        log.info("held-out photos missing: installing the offline photo set first (evotok data)")
+        split = prepare(split.parent)
+        held_out = load_split(split).held_out
+    crops = held_out_crops(held_out, model.cfg.image_size)
     if limit:
         crops = crops[:limit]
     teacher = build_teacher(model.cfg) if model.cfg.teacher == "efficientnet-lite0" else None
