@@ -269,9 +269,10 @@ return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[2]), '+inf')
 """
 
 
-def liveness_window_ms(heartbeat_s: float) -> int:
-    """A worker counts as live if it heartbeated within three heartbeat periods."""
-    return max(1, int(3 * heartbeat_s * 1000))
+def liveness_window_ms(heartbeat_s: float, heartbeats: float) -> int:
+    """A worker counts as live if it heartbeated within ``heartbeats`` heartbeat periods
+    (``EVOTOK_WORKER_LIVENESS_HEARTBEATS`` x ``EVOTOK_WORKER_HEARTBEAT_S``), in ms."""
+    return max(1, int(heartbeats * heartbeat_s * 1000))
 
 
 def redis_url(url: str, tls: bool) -> str:

@@ -69,7 +69,7 @@ class RedisBatcher(Batcher):
         self.keys = Keys(settings.redis_prefix)
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.reply_key = self.keys.reply(self.replica_id)
-        self._window_ms = liveness_window_ms(settings.worker_heartbeat_s)
+        self._window_ms = liveness_window_ms(settings.worker_heartbeat_s, settings.worker_liveness_heartbeats)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._redis: aredis.Redis | None = None
         self._reader_redis: aredis.Redis | None = None

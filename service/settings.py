@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     redis_max_entries: int = Field(1024, ge=1, description="admission cap: queued entries per endpoint")
     redis_max_bytes: int = Field(256 * 1024 * 1024, ge=1, description="admission cap: queued payload bytes per endpoint")
     worker_heartbeat_s: float = Field(2.0, gt=0.0)
+    worker_liveness_heartbeats: float = Field(
+        5.0, ge=2.0, description="a worker counts as live this many heartbeat periods after its last heartbeat")
     worker_claim_idle_ms: int = Field(15000, ge=100, description="reclaim entries pending longer than this")
     worker_max_deliveries: int = Field(3, ge=1, description="deliveries before an entry is dead-lettered")
     worker_metrics_port: int = Field(9100, ge=0, le=65535)

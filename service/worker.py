@@ -17,8 +17,11 @@ One process owns one Runtime and loops:
 6. deliver replies and XACK + XDEL in one Lua script per stream (``DELIVER_LUA``): a crash before it
    leaves the entries pending for reclaim, a duplicate after it yields no second reply.
 
-A heartbeat thread writes this worker into ``P:workers`` (admission needs a live worker) and refreshes the
-queue gauges. Redis errors never end the process: the loop backs off and reconnects. SIGTERM stops
+Before reporting ready the worker warms the Runtime on the batch sizes it will see and times one full batch
+per op; those times seed the item/batch time estimates that admission predicts waits with. Every heartbeat
+(a thread, plus one at once after each (re)connect) publishes the estimates and then writes this worker into
+``P:workers`` in the same pipeline, so admission never counts a live worker without a timing estimate
+(a Redis restarted without persistence has lost both). The thread also refreshes the queue gauges. Redis errors never end the process: the loop backs off and reconnects. SIGTERM stops
 reading, finishes the batch in hand, removes the heartbeat and exits 0.
 
 Test-only switch: ``--fake-runtime`` (or ``EVOTOK_TEST_FAKE_RUNTIME=1``) serves ``FakeRuntime`` with a
@@ -115,19 +118,29 @@ class _ChunkRun:
 
 
 @dataclass(frozen=True)
+class BatchTiming:
+    """Measured wall time of one op's batch (ms) and per item of that batch (ms)."""
+
+    batch_ms: float
+    item_ms: float
+
+
+@dataclass(frozen=True)
 class WorkerOptions:
     name: str
     policy: BatchPolicy
     heartbeat_s: float
     claim_idle_ms: int
     max_deliveries: int
+    liveness_heartbeats: float = 5.0  # heartbeat periods a worker counts as live (settings)
     block_ms: int = 50
 
 
 class Worker:
     """The batch loop; ``run()`` blocks until ``stop()``."""
 
-    def __init__(self, settings: Settings, runtime: Runtime, options: WorkerOptions) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime, options: WorkerOptions,
+                 timing: dict[Op, BatchTiming] | None = None) -> None:
         self.settings = settings
         self.runtime = runtime
         self.opts = options
@@ -149,9 +162,12 @@ class Worker:
         self._next_claim = 0.0
         self._claim_cursor: dict[str, str] = {}
         # EWMA of a batch's wall time per item / per batch, from the batch in hand to its replies delivered
-        # (runtime plus checks and delivery, which on a busy host are not small): admission predicts waits
-        self._item_ms: dict[Op, float] = {}
-        self._batch_ms: dict[Op, float] = {}
+        # (runtime plus checks and delivery, which on a busy host are not small): admission predicts waits.
+        # Seeded with the warm-up measurement, so the first requests are admitted against a real estimate.
+        self._item_ms: dict[Op, float] = {op: t.item_ms for op, t in (timing or {}).items()}
+        self._batch_ms: dict[Op, float] = {op: t.batch_ms for op, t in (timing or {}).items()}
+        self._window_ms = liveness_window_ms(options.heartbeat_s, options.liveness_heartbeats)
+        self._down_since: float | None = None  # monotonic time the current Redis outage was first seen
         self.batches_done = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -187,6 +203,8 @@ class Worker:
                 if self._redis_ok:
                     log.warning("redis unavailable (%s); reconnecting", exc)
                     qm.REDIS_RECONNECTS.inc()
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
                 self._set_redis_ok(False)
                 self._need_setup = True
                 self._stop.wait(backoff)
@@ -213,6 +231,13 @@ class Worker:
                 if "BUSYGROUP" not in str(exc):
                     raise
         self._claim_cursor = {}
+        # Count as live at once (with the timing estimates), not up to a heartbeat period later.
+        t0 = time.monotonic()
+        self._beat()
+        if self._down_since is not None:
+            log.warning("redis back: reconnected %.2f s after the outage was seen; heartbeat landed in %.3f s",
+                        t0 - self._down_since, time.monotonic() - t0)
+            self._down_since = None
         self._need_setup = False
         self._set_redis_ok(True)
         # Recovery read: finish what this consumer name had in hand before a restart.
@@ -455,28 +480,47 @@ class Worker:
 
     # --- heartbeat and queue gauges ----------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        window = liveness_window_ms(self.opts.heartbeat_s)
+        """A heartbeat every ``heartbeat_s`` (fixed cadence, the time a beat takes included); a failed one is
+        retried after 0.2 s, not a whole period later, so a stale pooled connection after an outage costs
+        little of the liveness window."""
+        period = self.opts.heartbeat_s
         while not self._hb_stop.is_set():
+            t0 = time.monotonic()
+            wait = period
             if self._redis_ok and not self._stop.is_set():
                 try:
-                    info: list[Any] = ["pid", os.getpid(), "host", socket.gethostname(), "batches", self.batches_done]
-                    live = self._heartbeat(keys=[self.keys.workers, self.keys.worker_info(self.opts.name)],
-                                           args=[self.opts.name, window, 100 * window, *info])
-                    qm.HEARTBEATS.labels("ok").inc()
-                    qm.LIVE_WORKERS.set(int(live))
-                    self._publish_stats()
+                    self._beat()
                     self._refresh_queue_gauges()
                 except (redis.RedisError, OSError) as exc:
-                    qm.HEARTBEATS.labels("error").inc()
                     log.debug("heartbeat failed: %s", exc)
-            self._hb_stop.wait(self.opts.heartbeat_s)
+                    wait = min(period, 0.2)
+            self._hb_stop.wait(max(0.0, wait - (time.monotonic() - t0)))
+
+    def _beat(self) -> None:
+        """Publish the timing estimates, then the heartbeat, in one pipeline (in this order: admission must
+        not see a live worker without an estimate). Raises on a Redis error."""
+        info: list[Any] = ["pid", os.getpid(), "host", socket.gethostname(), "batches", self.batches_done]
+        pipe = self.redis.pipeline(transaction=False)
+        self._stats_into(pipe)
+        self._heartbeat(keys=[self.keys.workers, self.keys.worker_info(self.opts.name)],
+                        args=[self.opts.name, self._window_ms, 100 * self._window_ms, *info], client=pipe)
+        try:
+            res = pipe.execute()
+        except (redis.RedisError, OSError):
+            qm.HEARTBEATS.labels("error").inc()
+            raise
+        qm.HEARTBEATS.labels("ok").inc()
+        qm.LIVE_WORKERS.set(int(res[-1]))
 
     def _publish_stats(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
+        self._stats_into(pipe)
+        pipe.execute()
+
+    def _stats_into(self, pipe: Any) -> None:
         for op, ms in list(self._item_ms.items()):
             pipe.hset(self.keys.stats(op), mapping={"item_ms": f"{ms:.3f}",
                                                     "batch_ms": f"{self._batch_ms.get(op, 0.0):.3f}"})
-        pipe.execute()
 
     def _refresh_queue_gauges(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -570,17 +614,51 @@ def build_runtime(settings: Settings, fake: bool, fake_delay_ms: float) -> Runti
     return load_runtime(settings.weights, settings.backend, **options)
 
 
-def prepare_runtime(runtime: Runtime, settings: Settings) -> None:
-    """Warm every configured batch size and run the golden self-test before the worker reports ready."""
+def warmup_sizes(settings: Settings) -> list[int]:
+    """The batch sizes this worker will see: the configured warm-up sizes (capped at ``max_batch_size``, it
+    never forms a larger batch) and a full batch."""
+    cap = settings.max_batch_size
+    return sorted({min(b, cap) for b in settings.warmup_batch_sizes} | {cap})
+
+
+def warmup_inputs(runtime: Runtime, op: Op, batch: int) -> npt.NDArray[Any]:
+    """A zero batch of ``op``'s wire input: images (B, S, S, 3) uint8 or codes (B, g, g, D) uint16."""
+    info = runtime.info
+    if op in ("encode", "embed_image"):
+        return np.zeros((batch, info.image_size, info.image_size, 3), np.uint8)
+    depth = info.pixel_depth if op == "decode" else info.num_depths
+    return np.zeros((batch, info.grid, info.grid, depth), np.uint16)
+
+
+def measure_batch_times(runtime: Runtime, batch: int) -> dict[Op, BatchTiming]:
+    """Time one (warm) runtime call of ``batch`` items per op: the first estimate admission predicts with,
+    before any real batch has run (a full batch: the size a backlog is served at)."""
+    out: dict[Op, BatchTiming] = {}
+    for op in OPS:
+        x = warmup_inputs(runtime, op, batch)
+        t0 = time.perf_counter()
+        run_op(runtime, op, x)
+        ms = 1000 * (time.perf_counter() - t0)
+        out[op] = BatchTiming(batch_ms=ms, item_ms=ms / batch)
+    return out
+
+
+def prepare_runtime(runtime: Runtime, settings: Settings) -> dict[Op, BatchTiming]:
+    """Warm the batch sizes this worker will see, run the golden self-test, and time a full batch per op,
+    all before the worker reports ready; returns the timings (the worker's first admission estimates)."""
     t0 = time.perf_counter()
-    runtime.warmup(settings.warmup_batch_sizes)
-    qm.WARMUP.set(time.perf_counter() - t0)
+    runtime.warmup(warmup_sizes(settings))
     golden = settings.weights / "golden.npz"
     if runtime.info.backend != "fake" and golden.exists():
         result = runtime.self_test(golden, settings.self_test_threshold)
         log.info("self-test: agreement %.4f (threshold %.4f)", result.agreement, result.threshold)
         if not result.passed:
             raise RuntimeError(f"golden self-test failed: agreement {result.agreement:.4f} < {result.threshold}")
+    timing = measure_batch_times(runtime, settings.max_batch_size)
+    qm.WARMUP.set(time.perf_counter() - t0)
+    log.info("warm-up batch times (batch of %d): %s", settings.max_batch_size,
+             ", ".join(f"{op} {t.batch_ms:.1f} ms" for op, t in timing.items()))
+    return timing
 
 
 def default_worker_name() -> str:
@@ -611,15 +689,16 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     runtime = build_runtime(settings, args.fake_runtime, args.fake_delay_ms)
     qm.ENGINE_LOAD.set(time.perf_counter() - t0)
-    prepare_runtime(runtime, settings)
+    timing = prepare_runtime(runtime, settings)
     options = WorkerOptions(
         name=args.name,
         policy=BatchPolicy(settings.max_batch_size, settings.max_queue_delay_ms / 1000),
         heartbeat_s=settings.worker_heartbeat_s,
         claim_idle_ms=settings.worker_claim_idle_ms,
         max_deliveries=settings.worker_max_deliveries,
+        liveness_heartbeats=settings.worker_liveness_heartbeats,
     )
-    worker = Worker(settings, runtime, options)
+    worker = Worker(settings, runtime, options, timing)
     port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
     server = serve_metrics(worker, port, args.metrics_host)
     log.info("worker %s (%s) on %s, metrics on port %d", args.name, runtime.info.name,

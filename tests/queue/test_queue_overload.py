@@ -89,7 +89,8 @@ def test_four_times_capacity_for_60s(redis_server: RedisServer, prefix: str, tmp
               f"(first 10 s {rss_early['api'] / 2**20:.0f}), worker {rss_peak['worker'] / 2**20:.0f} MiB "
               f"(first 10 s {rss_early['worker'] / 2**20:.0f})")
         t_first = min(o.started for o in outcomes)
-        print("504s started at (s into the run):", [round(o.started - t_first, 1) for o in outcomes if o.status == 504])
+        print("504s (started s into the run, latency s, message):",
+              [(round(o.started - t_first, 1), round(o.latency, 2), o.message) for o in outcomes if o.status == 504])
         assert all(o.status != 0 for o in outcomes), "a request got no HTTP answer"
         assert all(o.correct for o in outcomes if o.status == 200)
         rejected = [o for o in outcomes if o.status == 429]
