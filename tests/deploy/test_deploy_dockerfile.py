@@ -139,13 +139,18 @@ def _fake_bin(tmp: Path, gpu: bool) -> Path:
     bin_dir = tmp / "bin"
     bin_dir.mkdir(exist_ok=True)
     evotok = bin_dir / "evotok"
-    evotok.write_text(
+    script = (
         "#!/usr/bin/env bash\n"
         'if [ "$1" = --version ]; then echo "evotok 0.1.0"; exit 0; fi\n'
         'echo "$*" >> "$FAKE_LOG"\n'
         'if [ "$1" = export ] && [ -n "${FAKE_EXPORT_SLEEP:-}" ]; then sleep "$FAKE_EXPORT_SLEEP"; fi\n'
     )
-    evotok.chmod(evotok.stat().st_mode | stat.S_IEXEC)
+    # never rewrite a script another concurrent start may be executing (bash reads scripts incrementally)
+    if not evotok.exists() or evotok.read_text() != script:
+        tmp = bin_dir / "evotok.tmp"
+        tmp.write_text(script)
+        tmp.chmod(tmp.stat().st_mode | stat.S_IEXEC)
+        tmp.replace(evotok)
     if gpu:
         smi = bin_dir / "nvidia-smi"
         smi.write_text('#!/usr/bin/env bash\necho "NVIDIA H100 80GB HBM3, 9.0"\n')
@@ -220,6 +225,11 @@ def test_entrypoint_tensorrt_needs_a_gpu(tmp_path: Path) -> None:
 def test_entrypoint_concurrent_starts_build_once(tmp_path: Path) -> None:
     """Two workers sharing one cache volume: the lock makes the second wait and reuse the build."""
     results: list[subprocess.CompletedProcess[str]] = []
+    _fake_bin(tmp_path, gpu=False)  # prepared once, before the concurrent starts
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text('{"name": "tiny"}')
+    (weights / "model.safetensors").write_bytes(b"\0" * 16)
     threads = [
         threading.Thread(target=lambda: results.append(_entry(tmp_path, "worker", FAKE_EXPORT_SLEEP="1")))
         for _ in range(2)

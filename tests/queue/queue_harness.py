@@ -323,8 +323,9 @@ class Outcome:
 async def encode_load(urls: list[str], images: list[bytes], expected: list[Any], *, n: int | None = None,
                       duration_s: float | None = None, concurrency: int = 32,
                       rate_per_s: float | None = None, client_timeout_s: float = 45.0,
-                      until: Callable[[], bool] | None = None) -> list[Outcome]:
-    """POST /encode (raw PNG body) round-robin over ``urls``; ``n`` requests, for ``duration_s`` or ``until()``.
+                      until: Callable[[], bool] | None = None, at_least: int = 0) -> list[Outcome]:
+    """POST /encode (raw PNG body) round-robin over ``urls``; ``n`` requests, for ``duration_s`` or ``until()``
+    (``until`` only stops the load once ``at_least`` requests have been started).
 
     With ``rate_per_s`` requests are started open-loop at that rate (capped by ``concurrency`` in flight).
     """
@@ -344,7 +345,7 @@ async def encode_load(urls: list[str], images: list[bytes], expected: list[Any],
     def more() -> bool:
         if n is not None and counter >= n:
             return False
-        if until is not None and until():
+        if until is not None and counter >= at_least and until():
             return False
         return not (duration_s is not None and time.monotonic() - t0 >= duration_s)
 
