@@ -208,7 +208,7 @@ class Worker:
                 self._set_redis_ok(False)
                 self._need_setup = True
                 self._stop.wait(backoff)
-                backoff = min(1.0, backoff * 2)
+                backoff = min(0.25, backoff * 2)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis restarted without persistence: groups are gone
                     log.warning("consumer group missing (%s); recreating", exc)
