@@ -33,6 +33,11 @@ T = TypeVar("T")
 U8 = npt.NDArray[np.uint8]
 
 
+
+# OpenAPI pieces shared by the routes that take images
+BINARY_SCHEMA: dict[str, Any] = {"type": "string", "format": "binary"}
+RAW_IMAGE_BODIES: dict[str, Any] = {t: {"schema": BINARY_SCHEMA} for t in IMAGE_CONTENT_TYPES}
+
 class ClientGone(ServiceError):
     """The client closed the connection before its answer (nginx's 499; nobody reads the body)."""
 

@@ -14,6 +14,8 @@ from evotok.service.errors import InvalidInput
 from evotok.service.handlers import openapi_errors
 from evotok.service.imaging import IMAGE_CONTENT_TYPES
 from evotok.service.routes.common import (
+    BINARY_SCHEMA,
+    RAW_IMAGE_BODIES,
     decode_images,
     media_type,
     model_card,
@@ -29,12 +31,12 @@ from evotok.service.state import get_state
 
 router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key), Depends(timeout_header)])
 
-_BINARY = {"type": "string", "format": "binary"}
+_BINARY = BINARY_SCHEMA
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {"image": _BINARY}}},
-        **{t: {"schema": _BINARY} for t in IMAGE_CONTENT_TYPES},
+        **RAW_IMAGE_BODIES,
         "application/json": {"schema": {"type": "object", "properties": {"codes": {"type": "array"}}},
                              "example": {"codes": [[[17, 4005], [903, 12]], [[5, 5], [1, 2]]]}},
         NPY_CONTENT_TYPE: {"schema": {**_BINARY, "description": "integer codes .npy (h, w, depth)"}},

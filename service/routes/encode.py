@@ -13,6 +13,8 @@ from evotok.service.codes_io import NPY_CONTENT_TYPE, to_npy
 from evotok.service.errors import InvalidInput
 from evotok.service.handlers import openapi_errors
 from evotok.service.routes.common import (
+    BINARY_SCHEMA,
+    RAW_IMAGE_BODIES,
     decode_images,
     model_card,
     read_images,
@@ -26,7 +28,7 @@ from evotok.service.state import get_state
 
 router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key), Depends(timeout_header)])
 
-_BINARY = {"type": "string", "format": "binary"}
+_BINARY = BINARY_SCHEMA
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
@@ -40,9 +42,7 @@ _REQUEST_BODY: dict[str, Any] = {
                 },
             },
         },
-        "image/png": {"schema": _BINARY},
-        "image/jpeg": {"schema": _BINARY},
-        "image/webp": {"schema": _BINARY},
+        **RAW_IMAGE_BODIES,
     },
 }
 _EXAMPLE = {"codes": [[[17, 4005, 88], [903, 12, 7]], [[5, 5, 5], [1, 2, 3]]], "shape": [2, 2, 3], "depth": 3,

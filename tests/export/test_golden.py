@@ -70,8 +70,6 @@ def test_compare_codes() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "weights" / "evotok-small" / "golden.npz").is_file(),
-                    reason="shipped golden.npz absent")
 def test_shipped_golden_self_test_onnxruntime(tmp_path: Path) -> None:
     """The service's readiness check on the shipped model: ONNX Runtime CPU reproduces the stored codes."""
     from evotok.paths import default_weights_dir

@@ -71,7 +71,6 @@ def test_small_parity_onnxruntime_cpu(small_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (default_weights_dir() / "model.safetensors").is_file(), reason="shipped weights absent")
 def test_shipped_model_parity(tmp_path: Path) -> None:
     weights = default_weights_dir()
     export_onnx(weights, tmp_path / "shipped")

@@ -118,10 +118,6 @@ def test_unreadable_image_fails_cleanly(photos: Path, server: Server, tmp_path: 
 @pytest.mark.slow
 def test_local_mode_with_the_shipped_model(photos: Path, tmp_path: Path) -> None:
     """``evotok encode/decode`` without --server: ``load_runtime`` in process (torch backend, shipped weights)."""
-    from tests.client.server import real_weights_available
-
-    if not real_weights_available():
-        pytest.skip("weights/evotok-small not present yet")
     photo = photos / "animals/cats/chelsea.png"
     codes, out = tmp_path / "c.npy", tmp_path / "r.png"
     r = evotok("encode", str(photo), "-o", str(codes), "--backend", "torch")
