@@ -7,6 +7,10 @@ import torch
 
 W, MLP, LAYERS, K, C = 1024, 4096, 24, 32768, 32
 
+# Registered by the official VQEmbedding only when trained with --vq-warmup > 0 (the rq_train.py default is 0):
+# the table below has all 716 keys; a checkpoint trained with the defaults has the 700 others.
+STEP_KEYS = frozenset(f"quantize.codebooks.{i}.step" for i in range(16))
+
 
 def official_shapes() -> dict[str, tuple[int, ...]]:
     s: dict[str, tuple[int, ...]] = {}

@@ -13,14 +13,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evotok.model.config import get_preset
+from evotok.model import convert as convert_mod
+from evotok.model.config import EvoTokConfig, get_preset
 from evotok.model.convert import (
+    Conversion,
     ConversionError,
+    OfficialCheckpoint,
     build_converted,
+    convert,
     convert_state_dict,
+    fill_optional_buffers,
+    load_official,
     load_official_checkpoint,
+    optional_official_keys,
 )
-from tests.model.official_keys import random_official_state
+from tests.model.official_keys import STEP_KEYS, official_shapes, random_official_state
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +38,24 @@ def official() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def converted(official: dict[str, torch.Tensor]) -> torch.nn.Module:
-    return build_converted(official, get_preset("evotok-siglip2-256"))
+def cfg() -> EvoTokConfig:
+    return get_preset("evotok-siglip2-256")
+
+
+@pytest.fixture(scope="module")
+def conversion(official: dict[str, torch.Tensor], cfg: EvoTokConfig) -> Conversion:
+    return convert(official, cfg)
+
+
+@pytest.fixture(scope="module")
+def converted(conversion: Conversion) -> torch.nn.Module:
+    return conversion.model
+
+
+@pytest.fixture(scope="module")
+def official_no_step(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The layout of a checkpoint trained with the official default ``--vq-warmup 0``: no ``step`` buffers."""
+    return {k: v for k, v in official.items() if k not in STEP_KEYS}
 
 
 def test_official_preset_parameter_counts_match_the_reference(converted: torch.nn.Module) -> None:
@@ -114,13 +137,106 @@ def test_semantic_attention_matches_reference(official: dict[str, torch.Tensor],
         assert torch.allclose(converted.semantic_decoder.blocks[0].attn(x), ref, atol=1e-5)
 
 
-def test_unknown_and_missing_keys_fail_clearly(official: dict[str, torch.Tensor]) -> None:
+def test_key_table_has_both_official_layouts(official: dict[str, torch.Tensor], cfg: EvoTokConfig) -> None:
+    assert len(official_shapes()) == 716 and len(STEP_KEYS) == 16
+    assert set(optional_official_keys(cfg)) == STEP_KEYS  # only the 16 step buffers are optional
+    assert len({k: v for k, v in official.items() if k not in STEP_KEYS}) == 700
+
+
+def test_layout_with_step_buffers_converts_and_keeps_them(
+    official: dict[str, torch.Tensor], conversion: Conversion
+) -> None:
+    state = conversion.model.state_dict()
+    assert set(convert_state_dict(official, get_preset("evotok-siglip2-256"))) == set(state)
+    assert dict(conversion.report.filled) == {}
+    assert conversion.report.official_keys == 716 and conversion.report.converted_keys == len(state)
+    assert all(int(state[k]) == int(official[k]) for k in STEP_KEYS)  # present buffers are taken as they are
+    assert any("filled: none" in line for line in conversion.report.lines())
+
+
+def test_layout_without_step_buffers_converts_and_reports_the_fill(
+    official_no_step: dict[str, torch.Tensor], cfg: EvoTokConfig, converted: torch.nn.Module
+) -> None:
+    result = convert(official_no_step, cfg, trained_steps=250_000)
+    state = result.model.state_dict()
+    complete, _ = fill_optional_buffers(official_no_step, cfg, 250_000)
+    assert set(convert_state_dict(complete, cfg)) == set(state) == set(converted.state_dict())  # none missing/extra
+    assert result.report.official_keys == 700 and result.report.converted_keys == len(state)
+    assert dict(result.report.filled) == {k: 250_000 for k in STEP_KEYS}
+    for k in STEP_KEYS:
+        assert state[k].dtype == torch.int64 and state[k].shape == () and int(state[k]) == 250_000
+    # every other tensor is the official one, exactly as from the 716-key layout
+    ref = converted.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in state.items() if k not in STEP_KEYS)
+    text = "\n".join(result.report.lines())
+    assert "filled 16 absent optional buffers" in text and "quantize.codebooks.15.step" in text and "250000" in text
+
+
+def test_step_fill_value_means_warm_up_done(official_no_step: dict[str, torch.Tensor], cfg: EvoTokConfig) -> None:
+    warmup = cfg.quantizer.warmup_steps
+    assert warmup > 0  # the official preset keeps the script's 2000-step warm-up
+    for trained, expected in ((None, warmup), (10, warmup), (warmup + 7, warmup + 7)):
+        _, filled = fill_optional_buffers(official_no_step, cfg, trained)
+        assert set(filled) == STEP_KEYS and set(filled.values()) == {expected}
+    _, filled = fill_optional_buffers(official_no_step, cfg)  # a bare state dict: no recorded steps
+    assert all(v >= warmup for v in filled.values())  # resumed training does not re-enter the warm-up
+
+
+def test_only_the_declared_optional_buffers_may_be_absent(
+    official: dict[str, torch.Tensor], official_no_step: dict[str, torch.Tensor], cfg: EvoTokConfig
+) -> None:
+    some = {k: v for k, v in official.items() if k != "quantize.codebooks.3.step"}
+    with pytest.raises(ConversionError, match="1 of the 16 optional 'step' buffers are missing"):
+        convert(some, cfg)  # a partial set is no official layout
+    for key in ("quantize.codebooks.0.cluster_size_ema", "quantize.codebooks.0.embed_ema"):
+        with pytest.raises(ConversionError, match=f"missing keys.*{key}"):
+            convert({k: v for k, v in official_no_step.items() if k != key}, cfg)  # training buffers: required
+
+
+def test_unknown_and_missing_keys_fail_clearly(
+    official: dict[str, torch.Tensor], official_no_step: dict[str, torch.Tensor]
+) -> None:
     cfg = get_preset("evotok-siglip2-256")
-    with pytest.raises(ConversionError, match="unknown official key"):
-        convert_state_dict({**official, "decoder_vqkdx.extra": torch.zeros(1)}, cfg)
-    partial = {k: v for k, v in official.items() if not k.startswith("decode_task_layer.")}
-    with pytest.raises(ConversionError, match="missing keys"):
-        build_converted(partial, cfg)
+    for layout in (official, official_no_step):
+        with pytest.raises(ConversionError, match="unknown official key"):
+            convert_state_dict({**layout, "decoder_vqkdx.extra": torch.zeros(1)}, cfg)
+        with pytest.raises(ConversionError, match="unknown official key"):
+            convert({**layout, "quantize.codebooks.0.steps": torch.tensor(0)}, cfg)
+        with pytest.raises(ConversionError, match=r"unexpected \['quantize.codebooks.16.step'\]"):
+            convert({**layout, "quantize.codebooks.16.step": torch.tensor(0)}, cfg)  # a 17th depth
+        partial = {k: v for k, v in layout.items() if not k.startswith("decode_task_layer.")}
+        with pytest.raises(ConversionError, match="missing keys"):
+            build_converted(partial, cfg)
+
+
+def test_bad_shapes_fail_clearly(official: dict[str, torch.Tensor], official_no_step: dict[str, torch.Tensor]) -> None:
+    cfg = get_preset("evotok-siglip2-256")
+    for layout in (official, official_no_step):
+        bad = {**layout, "decoder.conv_out.weight": torch.zeros(3, 128, 1, 1)}
+        with pytest.raises(ConversionError, match=r"shape mismatch: decoder.conv_out.weight: official \(3, 128, 1, 1\) "
+                                                  r"vs ours \(3, 128, 3, 3\)"):
+            convert(bad, cfg)
+    with pytest.raises(ConversionError, match=r"shape mismatch: quantize.codebooks.2.step: official \(1,\) vs ours \(\)"):
+        convert({**official, "quantize.codebooks.2.step": torch.zeros(1, dtype=torch.long)}, cfg)
+
+
+def test_cli_prints_the_conversion_report(
+    official_no_step: dict[str, torch.Tensor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    saved: dict[str, object] = {}
+
+    def fake_save(model: torch.nn.Module, folder: Path, *, provenance: dict[str, object]) -> str:
+        saved.update(model=model, provenance=provenance)
+        return "ab" * 32
+
+    monkeypatch.setattr(convert_mod, "load_official", lambda path: OfficialCheckpoint(official_no_step, 42_000))
+    monkeypatch.setattr("evotok.model.checkpoint.save_weights", fake_save)
+    assert convert_mod.main([str(tmp_path / "last.pt"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "official keys: 700" in out and "filled 16 absent optional buffers" in out and "42000" in out
+    assert saved["provenance"]["filled_buffers"] == {k: 42_000 for k in STEP_KEYS}  # type: ignore[index]
+    assert int(saved["model"].quantize.codebooks[0].step) == 42_000  # type: ignore[attr-defined]
 
 
 def test_official_checkpoint_file_loads_with_weights_only(tmp_path: Path) -> None:
@@ -128,6 +244,7 @@ def test_official_checkpoint_file_loads_with_weights_only(tmp_path: Path) -> Non
     path = tmp_path / "last.pt"
     torch.save({"model": sd, "steps": 10, "args": argparse.Namespace(lr=1e-4)}, path)
     assert set(load_official_checkpoint(path)) == set(sd)
+    assert load_official(path).steps == 10  # the recorded training steps, used for filled step buffers
     torch.save({"ema": sd, "model": {"x": torch.ones(1)}}, path)
     assert set(load_official_checkpoint(path)) == set(sd)  # ema preferred, like the official consumers
 
