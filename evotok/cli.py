@@ -11,7 +11,7 @@ Usage::
     evotok data                                   # offline photo set + split manifest
     evotok encode IMG... -o codes.npy [--server URL]
     evotok decode codes.npy -o out.png [--server URL]
-    evotok tokenize DATASET_DIR --out SHARDS_DIR [--server URL]
+    evotok tokenize SOURCE... --out DIR [--format npy|parquet|webdataset] [--engine local|torchrun|ray]
     evotok bench {runtime,quantizer,service,queue}
 
 Each subcommand lives in its own area and owns its argument parsing (``main(argv) -> int``), so
@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("evotok.model.cli", "info_main", "print a checkpoint's config and hash"),
     "encode": ("evotok.tools.codes_cli", "encode_main", "encode images to codes (.npy/.json)"),
     "decode": ("evotok.tools.codes_cli", "decode_main", "decode codes to a PNG"),
-    "tokenize": ("evotok.tokenize", "main", "tokenize a folder of images into shards"),
+    "tokenize": ("evotok.tokenize", "main", "tokenize a folder, WebDataset or Parquet into code shards"),
     "bench": ("evotok.bench", "main", "benchmarks (runtime, quantizer, service, queue)"),
 }
 

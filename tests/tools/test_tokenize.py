@@ -87,9 +87,9 @@ def test_shards_and_manifests(dataset: tuple[Path, dict[str, tuple[int, int]]], 
     assert report.shards_written == [0, 1, 2] and report.manifest_written
     assert rt.encoded == len(GOOD) and report.failures == len(BAD)
     top = json.loads((out / "manifest.json").read_text())
-    assert top["num_files"] == 14 and top["num_images"] == len(GOOD) and top["num_failures"] == 2
+    assert top["num_samples"] == 14 and top["num_images"] == len(GOOD) and top["num_failures"] == 2
     assert top["model"]["name"] == "fake" and top["model"]["weights_hash"] == "0" * 64
-    assert {f["path"]: f["code"] for f in top["failures"]} == {
+    assert {f["source"]: f["code"] for f in top["failures"]} == {
         "broken/alpha.png": "invalid_image",
         "broken/truncated.jpg": "invalid_image",
     }
@@ -106,11 +106,12 @@ def test_shards_and_manifests(dataset: tuple[Path, dict[str, tuple[int, int]]], 
         assert codes.shape[1:] == (16, 16, 16) and codes.shape[0] == len(man["images"])
         assert man["preprocessing"]["resize"] == "center-crop" and man["preprocessing"]["image_size"] == 256
         for img in man["images"]:
-            assert tuple(img["size"]) == sizes[img["path"]]
-            pixels = prepare_image((root / img["path"]).read_bytes(), 256, "center-crop", 40_000_000)
+            assert img["key"] == img["source"].rsplit(".", 1)[0]
+            assert tuple(img["size"]) == sizes[img["source"]]
+            pixels = prepare_image((root / img["source"]).read_bytes(), 256, "center-crop", 40_000_000)
             np.testing.assert_array_equal(codes[img["row"]], runtime.encode(pixels[None])[0])
-            seen.append(img["path"])
-        seen += [f["path"] for f in man["failures"]]
+            seen.append(img["source"])
+        seen += [f["source"] for f in man["failures"]]
     assert sorted(seen) == list_images(root) and len(seen) == len(set(seen))  # every file exactly once
     assert not (out / ".partial").exists()
 
@@ -137,7 +138,7 @@ def test_interrupted_then_resumed_is_byte_identical(
     # nothing done twice, nothing skipped: the resumed run sends exactly the files the first run had not
     done_first = first_run[0]
     assert done_first - stop_after < CHUNK
-    assert report.images_encoded + done_first == 14
+    assert report.samples_processed + done_first == 14
     # the files are processed in plan order: the resumed run's runtime saw exactly the readable rest
     assert rt.encoded == len([n for n in list_images(root)[done_first:] if n in GOOD])
     assert snapshot(tmp_path / "resumed") == snapshot(tmp_path / "straight")
@@ -241,7 +242,8 @@ def test_server_mode_killed_and_resumed(
         ]
         outs = [p.communicate(timeout=300) for p in ranks]
         assert [p.returncode for p in ranks] == [0, 0], outs
-        assert "rank 0/2: wrote 2 shards" in outs[0][0] and "rank 1/2: wrote 1 shards" in outs[1][0]
+        assert outs[0][0].startswith("rank 0/2:") and "wrote 2 shards" in outs[0][0]
+        assert outs[1][0].startswith("rank 1/2:") and "wrote 1 shards" in outs[1][0]
         assert snapshot(tmp_path / "ranks") == snapshot(tmp_path / "straight")
 
         # the server's shards equal the in-process run's codes, and decode back through the client
@@ -253,7 +255,7 @@ def test_server_mode_killed_and_resumed(
                 local = np.load(tmp_path / "local" / man["codes_file"], allow_pickle=False)
                 np.testing.assert_array_equal(codes, local)
                 for img in man["images"]:
-                    direct = client.encode(root / img["path"]).codes
+                    direct = client.encode(root / img["source"]).codes
                     np.testing.assert_array_equal(codes[img["row"]], direct)
                     png = client.decode(codes[img["row"]])
                     assert png.image().size == (256, 256)
