@@ -39,7 +39,7 @@ data: venv
 	$(BIN)/evotok data
 
 train-small: venv data
-	$(BIN)/evotok train --preset evotok-small --out runs/evotok-small --steps 2600 --resume --export-weights weights/evotok-small
+	$(BIN)/evotok train --recipe evotok-small --out runs/evotok-small --resume --export-weights weights/evotok-small
 	$(BIN)/evotok export --weights weights/evotok-small --golden
 	$(BIN)/evotok eval --weights weights/evotok-small --out docs/eval --write-card
 

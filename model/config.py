@@ -10,7 +10,11 @@ Presets:
   32-d latent on a 16x16 grid, 16 depths x 32768 codes x 32 dims, pixel decoder (LlamaGen VQ-16 layout,
   ch 128, mult 1,1,2,2,4) on depth 4, semantic ViT (3 blocks, width 1024, 12 heads) on depth 16.
 - ``evotok-small``: the same design on an ImageNet EfficientNet-Lite0 backbone (stride-16 features of
-  block 10, 112 channels), small enough to train on a 2-core CPU in two hours; shipped in ``weights/``.
+  block 10, 112 channels), small enough to train on a 2-core CPU in two hours; shipped in ``weights/``. Its
+  pixel decoder keeps the LlamaGen layout but narrows toward full resolution (128-64-32-16-16 channels, one
+  ResBlock per level): 3.3 GFLOP per 256x256 image instead of 12.0 (``docs/eval/ablation.md``).
+- ``evotok-small-v1``: the first shipped small model's geometry (decoder 128-64-64-32-32, two ResBlocks per
+  level, 12.0 GFLOP), kept so its weights and the ablation rows stay describable.
 - ``evotok-tiny``: a few-kB test configuration (random init, no pretrained weights needed).
 """
 
@@ -174,6 +178,14 @@ def _official() -> EvoTokConfig:
 
 
 def _small() -> EvoTokConfig:
+    return _small_v1().replace(
+        pixel_decoder=PixelDecoderConfig(
+            depth=4, z_channels=128, ch=16, ch_mult=(1, 1, 2, 4, 8), num_res_blocks=0, norm_groups=8
+        ),
+    )
+
+
+def _small_v1() -> EvoTokConfig:
     return EvoTokConfig(
         name="evotok-small",
         image_size=256,
@@ -211,7 +223,12 @@ def _tiny() -> EvoTokConfig:
     )
 
 
-PRESETS = {"evotok-siglip2-256": _official, "evotok-small": _small, "evotok-tiny": _tiny}
+PRESETS = {
+    "evotok-siglip2-256": _official,
+    "evotok-small": _small,
+    "evotok-small-v1": _small_v1,
+    "evotok-tiny": _tiny,
+}
 
 
 def get_preset(name: str) -> EvoTokConfig:

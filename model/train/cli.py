@@ -15,10 +15,11 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 # `make train-small` runs exactly this (after `evotok data`), then `evotok export --golden` and the eval.
 TRAIN_SMALL_COMMAND = (
-    "evotok data && evotok train --preset evotok-small --out runs/evotok-small --steps 2600 --resume "
+    "evotok data && evotok train --recipe evotok-small --out runs/evotok-small --resume "
     "--export-weights weights/evotok-small && evotok export --weights weights/evotok-small --golden"
 )
 CARD_NOTES = [
@@ -54,20 +55,21 @@ def data_main(argv: list[str]) -> int:
 
 
 def train_main(argv: list[str]) -> int:
-    from evotok.model.train.trainer import TrainConfig
+    from evotok.model.train.trainer import RECIPES, TrainConfig
 
-    defaults = TrainConfig()
     p = argparse.ArgumentParser(prog="evotok train", description="train EvoTok (one process or torchrun)")
-    p.add_argument("--preset", default=defaults.preset)
-    p.add_argument("--out", default=defaults.out)
-    p.add_argument("--data", default=defaults.data, help="split manifest (data/split.json) or an image folder")
-    p.add_argument("--steps", type=int, default=defaults.steps)
-    p.add_argument("--max-minutes", type=float, default=defaults.max_minutes)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--crop", type=int, default=defaults.crop)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                   help="start from a named recipe (model/train/trainer.py RECIPES); flags below override it")
+    p.add_argument("--preset")
+    p.add_argument("--out")
+    p.add_argument("--data", help="split manifest (data/split.json) or an image folder")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="any other TrainConfig field")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt if present")
     p.add_argument("--export-weights", type=Path, default=None, help="write the final model folder here")
@@ -76,11 +78,13 @@ def train_main(argv: list[str]) -> int:
                    help="do not train: export OUT/checkpoints/last.pt to --export-weights and exit")
     args = p.parse_args(argv)
     _setup_logging()
-    fields = {
+    fields: dict[str, Any] = dict(RECIPES[args.recipe]) if args.recipe else {}
+    flags = {
         "preset": args.preset, "out": args.out, "data": args.data, "steps": args.steps,
         "max_minutes": args.max_minutes, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr,
         "seed": args.seed, "threads": args.threads,
     }
+    fields.update({k: v for k, v in flags.items() if v is not None})
     for item in args.set:
         key, _, value = item.partition("=")
         fields[key] = json.loads(value)

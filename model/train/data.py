@@ -60,21 +60,24 @@ class CropSampler:
         self.crop = crop
         self.min_side = min_scale_side or crop
 
-    def batch(self, batch_size: int, seed: int) -> npt.NDArray[np.uint8]:
-        """``(B, crop, crop, 3)`` uint8, a pure function of ``seed``."""
+    def batch(self, batch_size: int, seed: int, crop: int | None = None) -> npt.NDArray[np.uint8]:
+        """``(B, crop, crop, 3)`` uint8, a pure function of ``(seed, crop)``; ``crop`` <= the sampler's crop."""
+        crop = crop or self.crop
+        if crop > self.crop:
+            raise ValueError(f"crop {crop} > the sampler's largest crop {self.crop}")
         rng = np.random.default_rng(seed)
-        out = np.empty((batch_size, self.crop, self.crop, 3), np.uint8)
+        out = np.empty((batch_size, crop, crop, 3), np.uint8)
         for i in range(batch_size):
             im = self.images[rng.integers(len(self.images))]
             h, w = im.shape[:2]
             short = min(h, w)
-            lo, hi = np.log(self.min_side), np.log(short)
+            lo, hi = np.log(min(self.min_side, crop)), np.log(short)
             side = round(float(np.exp(rng.uniform(lo, hi)))) if hi > lo else short
-            side = min(max(side, self.crop), short)
+            side = min(max(side, crop), short)
             y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
             patch = Image.fromarray(im[y : y + side, x : x + side])
-            if side != self.crop:
-                patch = patch.resize((self.crop, self.crop), Image.Resampling.BICUBIC)
+            if side != crop:
+                patch = patch.resize((crop, crop), Image.Resampling.BICUBIC)
             arr = np.asarray(patch)
             if rng.random() < 0.5:
                 arr = arr[:, ::-1]

@@ -5,6 +5,9 @@ Metrics, all on the same crops (``data.held_out_crops``):
 - Pixel fidelity for every prefix depth 1..pixel_depth the pixel decoder reads: PSNR and SSIM (scikit-image;
   the uint8 reconstruction / 255 against the uint8 crop / 255, ``data_range=1``: the standard convention, not
   the official script's inflated ``data_range=2`` SSIM).
+- Colour fidelity at every prefix depth: the mean absolute difference of per-image channel means,
+  reconstruction vs original, in 0..255 units (``colour_error_by_depth``; a systematic cast shows here even when
+  PSNR hides it), and the signed mean shift per channel (R, G, B) at the pixel depth.
 - Codebook usage (fraction of codes seen) and perplexity per depth.
 - Semantic similarity: mean per-token cosine between the semantic decoder's output from the first d depths
   and the frozen teacher's features of the crop, for every d in 1..D.
@@ -45,6 +48,8 @@ class EvalResult:
     usage_by_depth: list[float]
     perplexity_by_depth: list[float]
     semantic_cos_by_depth: list[float]
+    colour_error_by_depth: list[float] = field(default_factory=list)  # mean |channel mean diff|, 0..255 units
+    colour_shift_rgb: list[float] = field(default_factory=list)  # signed mean (recon - original), R, G, B, 0..255
     crop_fid: float | None = None
     crop_kid: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -59,6 +64,7 @@ class EvalResult:
             f"ssim@{d}": round(self.ssim_by_depth[d - 1], 4),
             "semantic_cos@D": round(self.semantic_cos_by_depth[-1], 4) if self.semantic_cos_by_depth else None,
             "min_usage": round(min(self.usage_by_depth), 3),
+            f"colour_err@{d}": round(self.colour_error_by_depth[d - 1], 2) if self.colour_error_by_depth else None,
             "crop_fid": None if self.crop_fid is None else round(self.crop_fid, 2),
             "crop_kid": None if self.crop_kid is None else round(self.crop_kid, 4),
         }
@@ -126,6 +132,7 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
     psnr = np.zeros((pd, len(crops)))
     ssim = np.zeros((pd, len(crops)))
     sem = np.zeros((depth_total, len(crops)))
+    shift = np.zeros((pd, len(crops), 3))  # per-image channel-mean difference, recon - original, 0..255
     counts = np.zeros((depth_total, k), np.int64)
     recon_at_pd: list[npt.NDArray[np.uint8]] = []
     for i in range(0, len(crops), batch):
@@ -138,6 +145,7 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
             rec = tensor_to_images(model.decode(codes[..., :d])).numpy()
             for j in range(len(gt)):
                 psnr[d - 1, i + j], ssim[d - 1, i + j] = _psnr_ssim(gt[j], rec[j])
+            shift[d - 1, i : i + len(gt)] = rec.reshape(len(gt), -1, 3).mean(1) - gt.reshape(len(gt), -1, 3).mean(1)
             if d == pd:
                 recon_at_pd.append(rec)
         if teacher is not None:
@@ -158,6 +166,8 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
         usage_by_depth=((counts > 0).sum(axis=1) / k).tolist(),
         perplexity_by_depth=np.exp(entropy).tolist(),
         semantic_cos_by_depth=sem.mean(axis=1).tolist() if teacher is not None else [],
+        colour_error_by_depth=np.abs(shift).mean(axis=(1, 2)).tolist(),
+        colour_shift_rgb=shift[pd - 1].mean(axis=0).tolist(),
     )
     if teacher is None:
         result.notes.append("semantic similarity skipped: no teacher weights for this encoder")

@@ -66,7 +66,12 @@ def write_card(folder: Path, result: EvalResult, *, command: str, eval_command: 
         "|---|" + "---|" * d,
         "| PSNR (dB) | " + _fmt(result.psnr_by_depth) + " |",
         "| SSIM | " + _fmt(result.ssim_by_depth, 4) + " |",
+        *(["| colour error (mean abs channel-mean diff, /255) | " + _fmt(result.colour_error_by_depth) + " |"]
+          if result.colour_error_by_depth else []),
         "",
+        *([f"- Mean colour shift at depth {d} (reconstruction - original, /255): R {result.colour_shift_rgb[0]:+.2f}, "
+           f"G {result.colour_shift_rgb[1]:+.2f}, B {result.colour_shift_rgb[2]:+.2f}.", ""]
+          if result.colour_shift_rgb else []),
         "| depth | " + " | ".join(str(i) for i in range(1, len(result.usage_by_depth) + 1)) + " |",
         "|---|" + "---|" * len(result.usage_by_depth),
         "| semantic cosine (prefix) | " + _fmt(result.semantic_cos_by_depth, 3) + " |",

@@ -5,8 +5,15 @@ Adam(betas 0.9/0.95), constant lr, grad clip 1.0 for generator and discriminator
 GPU, codebook EMA with warm-up and dead-code restart (inside the quantizer), PatchGAN hinge loss from
 ``disc_start``. Loss = mse + perceptual + adv + commit + semantic (cos + fold), weights in ``TrainConfig``.
 
-Optional (off in the reference): ``pixel_prefix_prob``, the probability that a sample's pixel decoder reads
-a random shorter prefix depth (1..pixel_depth) instead of pixel_depth, so fidelity rises with depth.
+Optional (off in the reference), for a CPU budget (``evotok-small``'s recipe, ablated in ``docs/eval/``):
+
+- depth-aware pixel training: ``depth_mode="prefix_prob"`` lets a sample read a random shorter prefix depth with
+  probability ``pixel_prefix_prob``; ``"stratified"`` gives every depth 1..pixel_depth an equal share of each
+  batch (sample i of step s reads depth ``1 + (i + s) % pixel_depth``), so each residual depth must add detail;
+- a crop schedule: ``crop`` / ``batch_size`` until ``final_crop_from``, then ``final_crop`` / ``final_batch_size``
+  (the model is fully convolutional; the semantic ViT interpolates its position table on smaller grids);
+- a loss schedule: the perceptual term from ``perceptual_start``, the adversarial term from ``disc_start``;
+- ``lr_schedule="cosine"``: linear warm-up over ``warmup_steps``, then cosine decay to ``lr_min_ratio`` x lr.
 
 Resume is bit-for-bit: the checkpoint holds model, discriminator, both optimisers, the step, elapsed time and
 the torch RNG state; batches are a pure function of (seed, step, rank).
@@ -68,6 +75,14 @@ class TrainConfig:
     w_commit: float = 1.0
     w_semantic: float = 1.0
     pixel_prefix_prob: float = 0.25
+    depth_mode: str = "prefix_prob"  # or "stratified"
+    final_crop: int = 0  # 0 = one crop size for the whole run
+    final_crop_from: int = 0
+    final_batch_size: int = 0  # 0 = batch_size
+    perceptual_start: int = 0
+    lr_schedule: str = "constant"  # or "cosine"
+    warmup_steps: int = 0
+    lr_min_ratio: float = 0.1
     seed: int = 0
     log_every: int = 10
     sample_every: int = 500
@@ -83,6 +98,21 @@ class TrainConfig:
             raise ValueError(f"unknown train config keys {unknown}")
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fields)
+
+
+# Named recipes: `evotok train --recipe NAME` starts from these fields (explicit flags still override).
+# evotok-small: MSE fidelity first at 128px crops (4x cheaper steps; the model is fully convolutional), every
+# prefix depth 1..4 an equal share of each batch, cosine lr; the last 15% at 256px crops (the semantic ViT's
+# native 16x16 grid) with the perceptual term switched on; no adversarial term (docs/eval/ablation.md: it costs
+# PSNR and colour fidelity at this budget).
+RECIPES: dict[str, dict[str, Any]] = {
+    "evotok-small": {
+        "preset": "evotok-small", "steps": 3200, "max_minutes": 150.0, "batch_size": 8, "crop": 128,
+        "final_crop": 256, "final_crop_from": 2720, "final_batch_size": 2, "lr": 4e-4, "lr_schedule": "cosine",
+        "warmup_steps": 100, "lr_min_ratio": 0.05, "w_perceptual": 0.05, "perceptual_start": 2240, "w_adv": 0.0,
+        "depth_mode": "stratified", "threads": 2,
+    },
+}
 
 
 def threading_is_main() -> bool:
@@ -207,9 +237,40 @@ class Trainer:
         torch.set_rng_state(state["rng"].cpu())
 
     # ------------------------------------------------------------------ one step
+    def crop_and_batch(self, step: int) -> tuple[int, int]:
+        t = self.tcfg
+        if t.final_crop and step >= t.final_crop_from:
+            return t.final_crop, t.final_batch_size or t.batch_size
+        return t.crop, t.batch_size
+
+    def lr_at(self, step: int) -> float:
+        t = self.tcfg
+        if t.lr_schedule == "constant":
+            return t.lr
+        if t.lr_schedule != "cosine":
+            raise ValueError(f"unknown lr_schedule {t.lr_schedule!r}")
+        if step < t.warmup_steps:
+            return t.lr * (step + 1) / t.warmup_steps
+        frac = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+        return t.lr * (t.lr_min_ratio + (1 - t.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
     def batch(self, step: int) -> Tensor:
         seed = (self.tcfg.seed * 1_000_003 + step) * max(1, self.dist.world) + self.dist.rank
-        return images_to_tensor(self.sampler.batch(self.tcfg.batch_size, seed)).to(self.device)
+        crop, size = self.crop_and_batch(step)
+        return images_to_tensor(self.sampler.batch(size, seed, crop)).to(self.device)
+
+    def pixel_depths(self, n: int, device: torch.device) -> Tensor:
+        """``(n,)`` prefix depth (1..pixel_depth) each sample's pixel decoder reads this step."""
+        t, pd = self.tcfg, self.cfg.pixel_depth
+        if t.depth_mode == "stratified":
+            return 1 + (torch.arange(n, device=device) + self.step) % pd
+        if t.depth_mode != "prefix_prob":
+            raise ValueError(f"unknown depth_mode {t.depth_mode!r}")
+        depth = torch.full((n,), pd, device=device)
+        if t.pixel_prefix_prob > 0:
+            short = torch.rand(n, device=device) < t.pixel_prefix_prob
+            depth = torch.where(short, torch.randint(1, pd + 1, (n,), device=device), depth)
+        return depth
 
     def train_step(self, x: Tensor) -> dict[str, float]:
         t, cfg = self.tcfg, self.cfg
@@ -219,17 +280,14 @@ class Trainer:
             target = teacher_features(self.teacher, x)
             latent = self.model.encode_latent(x)
             quant = self.model.quantize(latent)
-            depth = torch.full((x.shape[0],), cfg.pixel_depth, device=x.device)
-            if t.pixel_prefix_prob > 0:
-                short = torch.rand(x.shape[0], device=x.device) < t.pixel_prefix_prob
-                rand_depth = torch.randint(1, cfg.pixel_depth + 1, (x.shape[0],), device=x.device)
-                depth = torch.where(short, rand_depth, depth)
+            depth = self.pixel_depths(x.shape[0], x.device)
             q_pix = quant.cumulative[depth - 1, torch.arange(x.shape[0], device=x.device)]  # (B, h, w, C)
             z_pix = latent + (q_pix.to(latent.dtype) - latent).detach()
             recon = self.model.decode_latent(z_pix)
             sem = self.model.semantic_latent(quant.straight_through(latent, cfg.semantic_depth))
             mse = ((recon.float() - x) ** 2).mean()
-            perc = self.perceptual(recon.float(), x) if self.perceptual is not None else x.new_zeros(())
+            perc_on = self.perceptual is not None and t.w_perceptual > 0 and self.step >= t.perceptual_start
+            perc = self.perceptual(recon.float(), x) if perc_on else x.new_zeros(())
             cos, fold = semantic_loss(sem.float(), target)
             gan_on = self.step >= t.disc_start
             adv = hinge_g_loss(self.ddp_d(recon)) if gan_on and t.w_adv > 0 else x.new_zeros(())
@@ -240,6 +298,8 @@ class Trainer:
                 + t.w_commit * quant.commit_loss
                 + t.w_semantic * (cos + fold)
             )
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
         self.opt.zero_grad(set_to_none=True)
         if self.dist.world > 1:
             loss.backward()
@@ -283,7 +343,7 @@ class Trainer:
         if resume and self.ckpt_path.exists():
             self.load(self.ckpt_path)
             log.info("resumed from %s at step %d (%.1f min spent)", self.ckpt_path, self.step, self.elapsed_s / 60)
-        self.sampler = CropSampler(_load_train_images(t.data), t.crop)
+        self.sampler = CropSampler(_load_train_images(t.data), max(t.crop, t.final_crop))
         data_path = Path(t.data)
         if data_path.is_file() and self.dist.main:
             held = held_out_crops(load_split(data_path).held_out[:4], self.cfg.image_size, grid_sides=())

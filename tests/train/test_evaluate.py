@@ -58,3 +58,20 @@ def test_fid_and_kid_are_zero_for_identical_sets_and_grow_with_shift() -> None:
     b = a + 1.0
     assert frechet_distance(a, b) == pytest.approx(16.0, rel=0.05)
     assert kernel_inception_distance(a, b) > 0.1
+
+
+def test_colour_error_sees_a_cast() -> None:
+    """A model whose decoder adds a constant red cast shows it in colour_error / colour_shift_rgb."""
+    from evotok.model.config import get_preset
+    from evotok.model.evotok import EvoTok
+
+    torch.manual_seed(0)
+    model = EvoTok(get_preset("evotok-tiny"), pretrained_backbone=False).eval()
+    crops = np.random.default_rng(0).integers(60, 190, (4, 32, 32, 3), dtype=np.uint8)
+    base = evaluate(model, "x", crops, None, fid=False, batch=4)
+    with torch.no_grad():
+        model.decoder.conv_out.bias[0] += 0.2  # +0.2 in [-1, 1] = +25.5/255 on red, before clamping
+    cast = evaluate(model, "x", crops, None, fid=False, batch=4)
+    assert cast.colour_shift_rgb[0] - base.colour_shift_rgb[0] > 15
+    assert abs(cast.colour_shift_rgb[1] - base.colour_shift_rgb[1]) < 1e-9
+    assert cast.colour_error_by_depth[-1] > base.colour_error_by_depth[-1]

@@ -98,3 +98,37 @@ def _free_port() -> int:
     from tests.conftest import free_port
 
     return free_port()
+
+
+SCHEDULED = dict(crop=16, final_crop=32, final_crop_from=3, final_batch_size=2, depth_mode="stratified",
+                 lr_schedule="cosine", warmup_steps=2, lr_min_ratio=0.1)
+
+
+def test_schedules_crop_depth_and_lr(photo_dir: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(photo_dir, tmp_path, 10, **SCHEDULED))
+    from evotok.model.train.data import CropSampler
+
+    trainer.sampler = CropSampler(sorted(photo_dir.rglob("*.png")), 32)
+    assert trainer.batch(2).shape == (4, 3, 16, 16)  # phase 1: 16px crops, batch 4
+    assert trainer.batch(3).shape == (2, 3, 32, 32)  # from final_crop_from: 32px crops, batch 2
+    lr = 3e-3
+    assert trainer.lr_at(0) == pytest.approx(lr / 2) and trainer.lr_at(1) == pytest.approx(lr)
+    assert trainer.lr_at(2) == pytest.approx(lr) and trainer.lr_at(10) == pytest.approx(0.1 * lr)
+    assert all(trainer.lr_at(s) >= trainer.lr_at(s + 1) for s in range(2, 10))
+    # stratified: every prefix depth 1..pixel_depth gets an equal share of a batch, rotating with the step
+    pd = trainer.cfg.pixel_depth
+    for step in range(3):
+        trainer.step = step
+        depths = trainer.pixel_depths(2 * pd, torch.device("cpu")).tolist()
+        assert sorted(depths) == sorted(list(range(1, pd + 1)) * 2)
+        assert depths[0] == 1 + step % pd
+
+
+def test_resume_across_the_crop_switch_is_bit_exact(photo_dir: Path, tmp_path: Path) -> None:
+    straight = Trainer(_cfg(photo_dir, tmp_path / "a", 6, **SCHEDULED))
+    straight.fit(resume=False, progress=False)
+    Trainer(_cfg(photo_dir, tmp_path / "b", 2, **SCHEDULED)).fit(resume=False, progress=False)
+    resumed = Trainer(_cfg(photo_dir, tmp_path / "b", 6, **SCHEDULED))
+    resumed.fit(resume=True, progress=False)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
