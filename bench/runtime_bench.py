@@ -18,6 +18,11 @@ matmul's FLOP per CPU-second (both include time threads spend spinning); images/
 Usage::
 
     evotok bench runtime [--weights DIR] [--batches 1,8,32] [--threads N] [--budget-s 6] [--json out.json]
+                         [--baseline-weights DIR]
+
+``--baseline-weights`` adds a model-vs-model table: ONNX Runtime CPU decode of ``--weights`` interleaved with
+ONNX Runtime CPU decode of the baseline folder (same batch, same thread count, same run), with both models'
+decode GFLOP per image.
 
 Without shipped weights it benchmarks an untrained ``evotok-small`` (same graphs, same cost).
 """
@@ -104,7 +109,8 @@ def _weights(arg: Path | None) -> Path:
     return tmp
 
 
-def run(weights: Path, batches: list[int], threads: int, budget_s: float) -> dict[str, Any]:
+def run(weights: Path, batches: list[int], threads: int, budget_s: float,
+        baseline: Path | None = None) -> dict[str, Any]:
     import onnxruntime
     import torch
 
@@ -121,9 +127,11 @@ def run(weights: Path, batches: list[int], threads: int, budget_s: float) -> dic
         limit = matmul_rate(threads)
         rng = np.random.default_rng(0)
         rows = []
+        codes_by_batch: dict[int, Any] = {}
         for b in batches:
             images = rng.integers(0, 256, (b, info.image_size, info.image_size, 3), dtype=np.uint8)
             codes = tr.encode(images)
+            codes_by_batch[b] = codes
             enc = interleaved({"torch": lambda x=images: tr.encode(x), "ort": lambda x=images: ort_rt.encode(x)},
                               budget_s)
             dec = interleaved({"torch": lambda c=codes: tr.decode(c), "ort": lambda c=codes: ort_rt.decode(c)},
@@ -142,8 +150,10 @@ def run(weights: Path, batches: list[int], threads: int, budget_s: float) -> dic
                 sys.stderr.write(f"{op} b={b}: torch {row['torch_images_per_s']:.2f} img/s, ort "
                                  f"{row['ort_images_per_s']:.2f} img/s ({row['ort_over_torch']:.2f}x wall, "
                                  f"{row['ort_over_torch_cpu']:.2f}x CPU time)\n")
+        compare = _compare_decode(ort_rt, codes_by_batch, baseline, threads, cache, budget_s) if baseline else None
         limit_after = matmul_rate(threads)
     return {
+        "baseline": compare,
         "model": info.name, "weights_hash": info.weights_hash[:12], "threads": threads,
         "matmul_gflops_wall": limit[0], "matmul_gflops_cpu": limit[1], "matmul_gflops_cpu_after": limit_after[1],
         "gflops_per_image": {k: v / 1e9 for k, v in flops.items()}, "rows": rows,
@@ -153,6 +163,28 @@ def run(weights: Path, batches: list[int], threads: int, budget_s: float) -> dic
                      "python": platform.python_version()},
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
     }
+
+
+def _compare_decode(ort_rt: Any, codes_by_batch: dict[int, Any], baseline: Path, threads: int, cache: str,
+                    budget_s: float) -> dict[str, Any]:
+    """ORT decode of this model vs ORT decode of ``baseline``, interleaved per batch size."""
+    from evotok.export.ort_runtime import OrtRuntime
+    from evotok.export.torch_runtime import TorchRuntime
+
+    base_torch = TorchRuntime(baseline, threads=threads)
+    info = base_torch.info
+    base_flops = flops_per_image(base_torch.model, info.image_size, info.grid, info.pixel_depth)["decode"]
+    base_ort = OrtRuntime(baseline, threads=threads, cache_dir=str(Path(cache) / "baseline"))
+    rows = []
+    for b, codes in codes_by_batch.items():
+        t = interleaved({"model": lambda c=codes: ort_rt.decode(c), "baseline": lambda c=codes: base_ort.decode(c)},
+                        budget_s)
+        row = {"batch": b, "model_images_per_s": b / t["model"][0], "baseline_images_per_s": b / t["baseline"][0],
+               "speedup_wall": t["baseline"][0] / t["model"][0], "speedup_cpu": t["baseline"][1] / t["model"][1]}
+        rows.append(row)
+        sys.stderr.write(f"decode b={b}: model {row['model_images_per_s']:.2f} img/s, baseline "
+                         f"{row['baseline_images_per_s']:.2f} img/s ({row['speedup_wall']:.2f}x)\n")
+    return {"baseline_hash": info.weights_hash[:12], "baseline_decode_gflops": base_flops / 1e9, "rows": rows}
 
 
 def to_markdown(r: dict[str, Any]) -> str:
@@ -175,6 +207,18 @@ def to_markdown(r: dict[str, Any]) -> str:
             f"{row['ort_over_torch']:.2f}x | {row['ort_over_torch_cpu']:.2f}x | "
             f"{100 * row['torch_frac_of_matmul']:.0f}% | {100 * row['ort_frac_of_matmul']:.0f}% |"
         )
+    if r.get("baseline"):
+        c = r["baseline"]
+        lines += [
+            "",
+            f"ONNX Runtime CPU decode, this model ({r['gflops_per_image']['decode']:.2f} GFLOP/image) vs baseline "
+            f"`{c['baseline_hash']}` ({c['baseline_decode_gflops']:.2f} GFLOP/image), interleaved in the same run:",
+            "",
+            "| batch | model img/s | baseline img/s | speed-up (wall) | speed-up (CPU time) |",
+            "|---:|---:|---:|---:|---:|",
+            *[f"| {x['batch']} | {x['model_images_per_s']:.2f} | {x['baseline_images_per_s']:.2f} | "
+              f"{x['speedup_wall']:.2f}x | {x['speedup_cpu']:.2f}x |" for x in c["rows"]],
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -186,8 +230,11 @@ def main(argv: list[str]) -> int:
                    help="intra-op threads for torch, ORT and the matmul (1 is robust on a shared machine)")
     p.add_argument("--budget-s", type=float, default=6.0, help="time per (op, batch) cell, both backends")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--baseline-weights", type=Path, default=None,
+                   help="also time ORT decode of this model folder against --weights, interleaved")
     args = p.parse_args(argv)
-    result = run(_weights(args.weights), [int(b) for b in args.batches.split(",")], args.threads, args.budget_s)
+    result = run(_weights(args.weights), [int(b) for b in args.batches.split(",")], args.threads, args.budget_s,
+                 args.baseline_weights)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(to_markdown(result))
