@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "runtime": ("runtime_bench.py", "encode/decode images/s: torch eager vs ONNX Runtime CPU, vs the matmul rate"),
     "quantizer": ("quantizer_bench.py", "residual quantizer alone vs vector-quantize-pytorch ResidualVQ"),
     "queue": ("queue_bench.py", "batching path: in-process vs Redis Streams with 1 and 2 workers"),
+    "tokenize": ("tokenize_bench.py", "evotok tokenize: local vs ray engine img/s on the same shards"),
 }
 
 

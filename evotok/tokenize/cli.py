@@ -86,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--device", default=None, choices=["cpu", "cuda"], help="default: cuda with --num-gpus > 0"
     )
+    model.add_argument(
+        "--threads", type=int, help="runtime threads (default: the runtime's own; ray CPU actors: --num-cpus)"
+    )
     eng = p.add_argument_group("engine")
     eng.add_argument(
         "--engine", default="local", choices=ENGINES, help="default: local (RANK/WORLD_SIZE honoured)"
@@ -130,7 +133,8 @@ def main(argv: list[str], backend_factory: BackendFactory | None = None) -> int:
         weights=args.weights,
         backend=args.backend,
         device=args.device or ("cuda" if args.num_gpus > 0 else "cpu"),
-        threads=max(1, int(args.num_cpus)) if args.engine == "ray" and args.num_gpus == 0 else None,
+        threads=args.threads
+        or (max(1, int(args.num_cpus)) if args.engine == "ray" and args.num_gpus == 0 else None),
     )
     from evotok.client import EvoTokError
 

@@ -247,3 +247,20 @@ def test_cli_killed_and_resumed_is_byte_identical(data: dict[str, Any], tmp_path
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"skipped [12] done", resumed.stdout), resumed.stdout
     assert snapshot(killed) == snapshot(tmp_path / "straight")
+
+
+def test_docs_read_back_snippets_run(data: dict[str, Any], reference: dict[str, Any], tmp_path: Path) -> None:
+    """The Python blocks of docs/datasets.md, run on real parquet and webdataset output (``tokens/``,
+    ``tokens-wds/``), print the key and shape they read."""
+    run(data["specs"]["folder"], tmp_path / "tokens", "parquet")
+    run(data["specs"]["folder"], tmp_path / "tokens-wds", "webdataset")
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "datasets.md").read_text(), re.S)
+    assert len(blocks) == 3
+    first_key = sorted(reference["codes"])[0]
+    for block in blocks:
+        done = subprocess.run(
+            [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        key, shape = done.stdout.strip().split(" ", 1)
+        assert key == first_key and shape in ("(16, 16, 16)", "(16, 16, 4)"), done.stdout
