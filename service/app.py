@@ -27,6 +27,7 @@ from evotok.service.batcher import Batcher, BatchPolicy
 from evotok.service.handlers import install_handlers
 from evotok.service.inprocess import InProcessBatcher
 from evotok.service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from evotok.service.openapi_examples import install_model_examples
 from evotok.service.routes import decode, embed, encode, health, info, web
 from evotok.service.schemas import ErrorResponse
 from evotok.service.settings import Settings, get_settings
@@ -123,6 +124,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     _register_error_schema(app)
+    install_model_examples(app, state)  # /decode, /embed examples valid for the served model (issue 12)
     return app
 
 

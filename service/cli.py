@@ -20,7 +20,10 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from evotok.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +97,6 @@ def serve_main(argv: list[str]) -> int:
         if settings.backend == "onnxruntime" and not args.no_export:
             ensure_engines(settings.weights, settings.cache_dir)
 
-    import uvicorn
-
     base = f"http://{settings.host}:{settings.port}"
     sys.stdout.write(
         f"EvoTok serving {settings.weights.name} ({settings.backend}, queue={settings.queue}, "
@@ -104,16 +105,40 @@ def serve_main(argv: list[str]) -> int:
         f"  ready:     {base}/readyz   (503 until warm-up and the golden self-test pass)\n"
     )
     sys.stdout.flush()
-    common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
-              "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5}
     if settings.workers > 1:
         _setup_multiprocess_metrics()
-        uvicorn.run("evotok.service.app:create_app", factory=True, workers=settings.workers, **common)
+        run_uvicorn("evotok.service.app:create_app", settings, factory=True, workers=settings.workers)
     else:
         from evotok.service.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
+        run_uvicorn(create_app(settings), settings)
     return 0
+
+
+def uvicorn_options(settings: Settings, importable: bool = False) -> dict[str, Any]:
+    """uvicorn keyword arguments from the settings: bind address, connection limit, keep-alive, and the
+    protocol with the header timeout (``http_protocol.py``); ``docker-compose.yml`` and the Helm chart set the
+    same ``EVOTOK_*`` variables."""
+    from evotok.service.http_protocol import protocol_class
+
+    options: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "log_level": settings.log_level,
+        "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
+        "limit_concurrency": settings.limit_concurrency,
+        "timeout_keep_alive": settings.timeout_keep_alive_s,
+        "h11_max_incomplete_event_size": 64 * 1024,  # header bytes (h11 fallback only; httptools caps at 80 kB)
+    }
+    protocol = protocol_class(settings, importable)
+    if protocol is not None:
+        options["http"] = protocol
+    return options
+
+
+def run_uvicorn(app: Any, settings: Settings, **extra: Any) -> None:
+    """``uvicorn.run`` with ``uvicorn_options(settings)`` (``evotok serve`` and the end-to-end tests)."""
+    import uvicorn
+
+    uvicorn.run(app, **{**uvicorn_options(settings, importable=isinstance(app, str)), **extra})
 
 
 def worker_main(argv: list[str]) -> int:

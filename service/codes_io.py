@@ -7,21 +7,54 @@ Valid codes for a model with grid ``g``, ``D`` depths and codebook size ``K``:
 - values ``0 <= v <= K``; ``K`` itself is the null code (a zero vector, see ``evotok.export.types``)
 
 Anything else raises ``InvalidCodes`` (422 ``invalid_codes``). Codes leave this module as uint16.
+
+Hostile bodies are bounded before any allocation: a codes body larger than ``max_codes_body_bytes(info)``
+(the largest valid grid, generously formatted) is refused with 413 before it is read or parsed; JSON integers
+longer than ``MAX_INT_DIGITS`` and nesting too deep for the parser are ``invalid_codes``; an ``.npy`` header is
+checked against the model (dtype, shape) and the payload length against the header before the array exists.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import math
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from evotok.export.types import ModelInfo
-from evotok.service.errors import InvalidCodes
+from evotok.service.errors import InvalidCodes, InvalidInput
 
 NPY_CONTENT_TYPE = "application/x-npy"
 U16 = npt.NDArray[np.uint16]
+MAX_INT_DIGITS = 12  # a code is at most 5 digits; longer JSON integers are refused before int() runs
+_BYTES_PER_VALUE = 64  # JSON with generous indentation, or int64 .npy (8 bytes) with room to spare
+_BODY_SLACK = 64 * 1024
+
+
+def max_codes_body_bytes(info: ModelInfo) -> int:
+    """The largest codes body (JSON or ``.npy``) worth reading for this model; bigger bodies get 413."""
+    return info.grid * info.grid * info.num_depths * _BYTES_PER_VALUE + _BODY_SLACK
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidCodes(f"a JSON integer of {len(text)} digits is no code (codes are 0..K)")
+    return int(text)
+
+
+def parse_json(body: bytes) -> Any:
+    """JSON bytes -> Python objects with bounded integers; syntax errors are ``invalid_input``."""
+    try:
+        return json.loads(body, parse_int=_parse_int)
+    except RecursionError as exc:
+        raise InvalidCodes("JSON nested too deeply for [h][w][depth] codes") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # e.g. int() digit limits inside the parser
+        raise InvalidCodes(f"JSON numbers out of range for codes: {exc}") from exc
 
 
 def validate_codes(arr: npt.NDArray[Any], info: ModelInfo) -> U16:
@@ -48,7 +81,7 @@ def codes_from_json(obj: Any, info: ModelInfo) -> U16:
         raise InvalidCodes('expected a JSON object {"codes": [h][w][depth] integers}')
     try:
         arr = np.asarray(obj["codes"])
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise InvalidCodes(f"codes are not a rectangular [h][w][depth] array: {exc}") from exc
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         kind = "booleans" if arr.dtype == np.bool_ else f"{arr.dtype} values"
@@ -56,21 +89,38 @@ def codes_from_json(obj: Any, info: ModelInfo) -> U16:
     return validate_codes(arr, info)
 
 
-def load_npy(data: bytes) -> npt.NDArray[Any]:
-    """``.npy`` bytes -> array (pickled object arrays are refused)."""
-    if not data:
-        raise InvalidCodes("empty body: expected a .npy file")
+def _npy_header(buf: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(buf)
+        elif version in ((2, 0), (3, 0)):
+            header = np.lib.format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise InvalidCodes(f"not a valid .npy file (pickle is not allowed): {exc}") from exc
-    if not isinstance(arr, np.ndarray):
-        raise InvalidCodes("expected a single .npy array, not an .npz archive")
-    return arr
+    shape, fortran, dtype = header
+    return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
 
 
 def codes_from_npy(data: bytes, info: ModelInfo) -> U16:
-    return validate_codes(load_npy(data), info)
+    """``.npy`` bytes -> validated uint16 codes; the header is checked against the model before allocating."""
+    if not data:
+        raise InvalidCodes("empty body: expected a .npy file")
+    buf = io.BytesIO(data)
+    shape, fortran, dtype = _npy_header(buf)
+    g, depth_max = info.grid, info.num_depths
+    if dtype.hasobject or dtype.kind not in "iu":
+        raise InvalidCodes(f"codes must be an integer .npy (pickle is not allowed), got dtype {dtype}")
+    if len(shape) != 3 or shape[:2] != (g, g) or not 1 <= shape[2] <= depth_max:
+        raise InvalidCodes(f"codes .npy must have shape ({g}, {g}, 1..{depth_max}), the header says {shape}")
+    offset = buf.tell()
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) - offset != expected:
+        raise InvalidCodes(f".npy payload is {len(data) - offset} bytes; shape {shape} of {dtype} needs {expected}")
+    arr = np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape, order="F" if fortran else "C")
+    return validate_codes(arr, info)
 
 
 def to_npy(arr: npt.NDArray[Any]) -> bytes:

@@ -42,6 +42,18 @@ class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
 
 
+class RequestTimeout(ServiceError):
+    """The request's headers or body did not arrive within the header/body timeout (slow clients)."""
+
+    status, code = 408, "request_timeout"
+
+
+class ServerBusy(ServiceError):
+    """This process's in-flight body-byte budget or connection limit is full (not the queue: see Overloaded)."""
+
+    status, code = 503, "server_busy"
+
+
 class Unauthorized(ServiceError):
     status, code = 401, "unauthorized"
 
@@ -80,6 +92,8 @@ ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
         InvalidCodes,
         UnsupportedMediaType,
         PayloadTooLarge,
+        RequestTimeout,
+        ServerBusy,
         Unauthorized,
         Forbidden,
         NotAcceptable,

@@ -1,21 +1,31 @@
-"""Image bytes -> the model input ``(S, S, 3)`` uint8, with limits; and ``(H, W, 3)`` uint8 -> PNG bytes.
+"""Image bytes -> the model input ``(S, S, 3)`` uint8, with bounded work; and ``(H, W, 3)`` uint8 -> PNG bytes.
 
-Accepted input (one documented rule, everything else is refused rather than silently converted):
+One rule for what users have on disk (the table is in docs/service.md, containers in ``image_formats.py``):
 
-- containers: PNG, JPEG, WebP (sniffed from the bytes, not trusted from the Content-Type); GIF, BMP, TIFF
-  and others -> 415 ``unsupported_media_type``; bytes that are no known image -> 422 ``invalid_image``.
-- pixels: 8-bit RGB, 8-bit grayscale (``L``, copied to the three channels) and 8-bit palette images without
-  transparency (``P`` -> RGB). Refused with 422 ``invalid_image``: any alpha channel (RGBA, LA, PA, palette
-  with transparency; flattening needs a background colour only the client knows), CMYK, 16-bit PNG (any
-  colour type), 1-bit and 32-bit integer/float modes. Animated PNG/WebP are refused (one image = one frame).
-- size: ``width * height <= max_image_pixels``, checked from the header before any pixel is decoded
-  (decompression bombs) -> 413 ``payload_too_large``. Truncated or corrupt files -> 422 ``invalid_image``.
+- containers: PNG (APNG), JPEG, WebP, GIF, BMP, TIFF, AVIF, and HEIC/HEIF with the optional plugin; animated
+  files give their **first frame**.
+- pixels, converted to 8-bit RGB: RGB as is; grayscale copied to three channels; 1-bit to black/white;
+  palette through its palette; CMYK by Pillow's conversion (no ICC colour management); 16-bit samples keep
+  their high byte; any alpha channel (RGBA, LA, PA, palette with transparency) is **flattened onto
+  ``background``** (default white). 32-bit float images are refused (422: no agreed value range).
+- orientation: the EXIF ``Orientation`` tag is applied (as ``ImageOps.exif_transpose`` does), so a phone photo
+  is encoded upright.
 
-Fitting to the model input ``S = info.image_size`` (``resize`` query parameter):
+Limits, all checked from the header before any pixel is decoded:
 
-- ``center-crop`` (default): scale so the short side is ``S`` (bicubic), then crop the centre ``S x S``.
-- ``stretch``: bicubic resize to ``S x S`` (aspect ratio not kept).
+- ``width * height <= max_pixels`` (decompression bombs) -> 413 ``payload_too_large``;
+- ``max(w, h) / min(w, h) <= max_aspect_ratio`` -> 422 ``invalid_image``. Together these bound the work: the
+  fit below never allocates more than the decoded image plus ``S x S`` (no intermediate "short side to S"
+  image, which for a 1x40000 PNG was 256 x 10,240,000 pixels).
+
+Fitting to the model input ``S`` (``resize`` query parameter):
+
+- ``center-crop`` (default): the centred square of side ``min(w, h)`` is resampled to ``S x S`` (bicubic, one
+  step from the source, so the crop never materialises a larger image).
+- ``stretch``: bicubic resize of the whole image to ``S x S`` (aspect ratio not kept).
 - ``none``: the image must already be ``S x S`` (else 422).
+
+Large JPEGs are decoded with ``draft()`` at the smallest DCT scale that still covers the fitted size.
 """
 
 from __future__ import annotations
@@ -26,109 +36,189 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
+from PIL import Image, ImageColor
 
 from evotok.service.errors import InvalidImage, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from evotok.service.image_formats import FORMATS, IMAGE_CONTENT_TYPES, served_names, sniff_format
+
+__all__ = ["IMAGE_CONTENT_TYPES", "RESIZE_MODES", "ResizeMode", "encode_png", "fit_to_model", "load_image",
+           "parse_background", "prepare_image", "sniff_format"]
 
 ResizeMode = Literal["center-crop", "stretch", "none"]
 RESIZE_MODES: tuple[ResizeMode, ...] = ("center-crop", "stretch", "none")
-IMAGE_CONTENT_TYPES = ("image/png", "image/jpeg", "image/webp")
-_ACCEPTED_MODES = {"RGB", "L", "P"}
+RGB = tuple[int, int, int]
+WHITE: RGB = (255, 255, 255)
+DEFAULT_MAX_ASPECT_RATIO = 20.0
+_REDUCING_GAP = 3.0  # resize reduces by an integer factor first when shrinking >= 3x (Pillow: "indistinguishable")
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, OverflowError)
+# EXIF Orientation -> the transpose that shows the stored pixels upright (the table of ImageOps.exif_transpose)
+_ORIENT: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
-def sniff_format(data: bytes) -> str | None:
-    """The container format from magic bytes: ``PNG``/``JPEG``/``WEBP`` (served), other names (refused), or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
-    if data[:2] == b"BM":
-        return "BMP"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "TIFF"
-    if data[:4] == b"\x00\x00\x01\x00":
-        return "ICO"
-    if len(data) >= 12 and data[4:12] in (b"ftypavif", b"ftypheic", b"ftypmif1"):
-        return "HEIF/AVIF"
-    return None
+def parse_background(value: str) -> RGB:
+    """A colour name or ``#rgb``/``#rrggbb`` (Pillow's ImageColor) -> ``(r, g, b)``; 422 when unknown."""
+    try:
+        rgb = ImageColor.getrgb(value.strip())
+    except ValueError as exc:
+        raise InvalidInput(f"background {value!r} is not a colour; use a name (white, black) or #rrggbb") from exc
+    return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
 
 
-def _png_bit_depth(data: bytes) -> int | None:
-    # IHDR is the first chunk: 8 signature + 4 length + 4 type + 4 width + 4 height, then bit depth
-    if len(data) >= 25 and data[12:16] == b"IHDR":
-        return data[24]
-    return None
-
-
-def load_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open, check and fully decode one image; returns a PIL image in mode ``RGB``."""
+def open_checked(data: bytes, max_pixels: int, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> Image.Image:
+    """Sniff, open lazily (header only) and check pixel count and aspect ratio; nothing is decoded yet."""
     if not data:
         raise InvalidImage("empty image: the request carried zero bytes")
     fmt = sniff_format(data)
     if fmt is None:
-        raise InvalidImage("the bytes are not a PNG, JPEG or WebP image")
-    if fmt not in ("PNG", "JPEG", "WEBP"):
-        raise UnsupportedMediaType(f"{fmt} images are not supported; send PNG, JPEG or WebP")
-    if fmt == "PNG" and _png_bit_depth(data) == 16:
-        raise InvalidImage("16-bit PNG is not supported; send an 8-bit RGB or grayscale PNG")
+        raise InvalidImage(f"the bytes are not an image in a served format ({served_names()})")
+    container = FORMATS[fmt]
+    if not container.served:
+        raise UnsupportedMediaType(f"{fmt} images are not served ({container.why_not}); send {served_names()}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = img.size
-            if width * height > max_pixels:
-                raise PayloadTooLarge(
-                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-                )
-            if getattr(img, "is_animated", False) or getattr(img, "n_frames", 1) > 1:
-                raise InvalidImage("animated images are not supported; send a single frame")
+            img = Image.open(io.BytesIO(data), formats=list(container.pillow))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"image has too many pixels ({exc})") from exc
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(f"could not read the {fmt} header: {exc}") from exc
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"image is {width}x{height}")
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    aspect = max(width, height) / min(width, height)
+    if aspect > max_aspect_ratio:
+        raise InvalidImage(f"image is {width}x{height}: aspect ratio {aspect:.0f}:1 is over the limit of "
+                           f"{max_aspect_ratio:g}:1")
+    return img
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except _DECODE_ERRORS:
+        return 1  # unreadable EXIF: show the pixels as stored
+    return int(value) if isinstance(value, int) and value in _ORIENT else 1
+
+
+def _decode(img: Image.Image) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.seek(0)  # animated files: the first frame
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"image has too many pixels ({exc})") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidImage(f"could not decode the {fmt} image: {exc}") from exc
-    return _to_rgb(img)
+    except MemoryError as exc:
+        raise PayloadTooLarge("image too large to decode") from exc
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(f"could not decode the {img.format} image: {exc}") from exc
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _flatten(img: Image.Image, background: RGB) -> Image.Image:
+    """Any alpha mode -> RGB on ``background``; pastes with the image's own alpha (one RGB-sized allocation)."""
+    if img.mode not in ("RGBA", "LA", "RGBa", "La"):
+        img = img.convert("RGBA")
+    out = Image.new("RGB", img.size, background)
+    out.paste(img.convert("RGB") if img.mode in ("LA", "La") else img, (0, 0), img)
+    return out
+
+
+def _sixteen_bit(img: Image.Image) -> Image.Image:
+    """16-bit (``I;16*``) or integer (``I``) samples in 0..65535 -> 8-bit ``L`` (the high byte)."""
+    arr = np.asarray(img)
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
+        raise InvalidImage(f"{img.mode} image with samples outside 0..65535 is not supported")
+    return Image.fromarray((arr.astype(np.uint32) >> 8).astype(np.uint8))
+
+
+def to_rgb(img: Image.Image, background: RGB = WHITE) -> Image.Image:
+    """Any supported pixel mode -> 8-bit RGB by the rule in the module docstring."""
     mode = img.mode
-    if mode not in _ACCEPTED_MODES:
-        if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-            raise InvalidImage(f"images with an alpha channel ({mode}) are not supported; flatten to RGB first")
-        raise InvalidImage(f"pixel mode {mode} is not supported; send 8-bit RGB or grayscale")
-    if mode == "P" and ("transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")):
-        raise InvalidImage("palette images with transparency are not supported; flatten to RGB first")
-    return img if mode == "RGB" else img.convert("RGB")
+    if mode == "RGB":
+        return img
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and (
+        "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")))
+    if has_alpha:
+        return _flatten(img, background)
+    if mode.startswith("I;16") or mode == "I":
+        return _sixteen_bit(img).convert("RGB")
+    if mode in ("L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+        return img.convert("RGB")
+    raise InvalidImage(f"pixel mode {mode} is not supported (floating-point samples have no agreed range)")
 
 
 def fit_to_model(img: Image.Image, size: int, mode: ResizeMode = "center-crop") -> npt.NDArray[np.uint8]:
-    """RGB PIL image -> ``(size, size, 3)`` uint8 by the rule named in the module docstring."""
+    """RGB PIL image -> ``(size, size, 3)`` uint8 by the rule in the module docstring (never larger than S x S)."""
     width, height = img.size
     if mode == "none":
         if (width, height) != (size, size):
             raise InvalidInput(f"resize=none needs a {size}x{size} image, got {width}x{height}")
         out = img
     elif mode == "stretch":
-        out = img if (width, height) == (size, size) else img.resize((size, size), Image.Resampling.BICUBIC)
+        out = img if (width, height) == (size, size) else img.resize(
+            (size, size), Image.Resampling.BICUBIC, reducing_gap=_REDUCING_GAP)
     elif mode == "center-crop":
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-        resized = img if (new_w, new_h) == (width, height) else img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        out = resized.crop((left, top, left + size, top + size))
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        out = img if (width, height) == (size, size) else img.resize(
+            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side),
+            reducing_gap=_REDUCING_GAP)
     else:  # pragma: no cover - guarded by the Literal/query validation
         raise InvalidInput(f"unknown resize mode {mode!r}; choose one of {list(RESIZE_MODES)}")
     arr = np.asarray(out, dtype=np.uint8)
     return np.ascontiguousarray(arr.reshape(size, size, 3))
 
 
-def prepare_image(data: bytes, size: int, mode: ResizeMode, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """Request bytes -> model input ``(size, size, 3)`` uint8 in [0, 255]."""
-    return fit_to_model(load_image(data, max_pixels), size, mode)
+def _draft_jpeg(img: Image.Image, size: int, mode: ResizeMode) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the fitted size."""
+    if img.format != "JPEG" or mode == "none":
+        return
+    width, height = img.size
+    side = min(width, height)
+    need = (size, size) if mode == "stretch" else (-(-width * size // side), -(-height * size // side))
+    if min(width // need[0], height // need[1]) >= 2:
+        img.draft(None, need)
+
+
+def load_image(data: bytes, max_pixels: int, *, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+               background: RGB = WHITE) -> Image.Image:
+    """Open, check and fully decode one image; returns it upright, in mode ``RGB``."""
+    img = open_checked(data, max_pixels, max_aspect_ratio)
+    orientation = _orientation(img)
+    _decode(img)
+    rgb = to_rgb(img, background)
+    return rgb.transpose(_ORIENT[orientation]) if orientation in _ORIENT else rgb
+
+
+def prepare_image(data: bytes, size: int, mode: ResizeMode, max_pixels: int, *,
+                  max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO, background: RGB = WHITE) -> npt.NDArray[np.uint8]:
+    """Request bytes -> model input ``(size, size, 3)`` uint8 in [0, 255].
+
+    Orientation is applied to the fitted ``S x S`` result: centre crop and stretch commute with the eight
+    EXIF transposes (the crop is a centred square), so the large image is never copied just to turn it.
+    """
+    img = open_checked(data, max_pixels, max_aspect_ratio)
+    orientation = _orientation(img)
+    _draft_jpeg(img, size, mode)
+    _decode(img)
+    try:
+        rgb = to_rgb(img, background)
+        if rgb is not img:
+            img.close()  # free the full-size source before the resize allocates
+        fitted = fit_to_model(rgb, size, mode)
+    except MemoryError as exc:
+        raise PayloadTooLarge("image too large to convert") from exc
+    except (OSError, ValueError) as exc:
+        raise InvalidImage(f"could not convert the image: {exc}") from exc
+    if orientation in _ORIENT:
+        fitted = np.ascontiguousarray(np.asarray(Image.fromarray(fitted).transpose(_ORIENT[orientation])))
+    return fitted
 
 
 def encode_png(image: npt.NDArray[np.uint8], compress_level: int = 3) -> bytes:

@@ -1,56 +1,138 @@
-"""Pure-ASGI middleware: request body limit (413 before and while reading) and HTTP metrics.
+"""Pure-ASGI middleware: request body limits (size, global byte budget, time) and HTTP metrics.
 
-The body limit checks ``Content-Length`` up front and counts bytes while the body streams in (chunked
-uploads), so an oversize request is refused without being buffered. The metrics middleware records
-``evotok_http_requests_total{endpoint,code}``, the duration histogram, in-flight gauge and payload sizes.
+``BodyLimitMiddleware`` bounds what one process holds in request bodies:
+
+- size: ``Content-Length`` over ``EVOTOK_MAX_BODY_BYTES`` is refused up front (413), and bytes are counted
+  while the body streams in (chunked uploads), so an oversize body is never buffered;
+- budget: every body reserves its bytes from ``EVOTOK_MAX_INFLIGHT_BODY_BYTES`` (the declared length before
+  any byte is read, or chunk by chunk without one) until its response is sent; a body that does not fit gets
+  503 ``server_busy`` with ``Retry-After`` before it is read (uvicorn discards the unread rest) or as soon as
+  a chunked body overflows. One request alone is always admitted, so a budget below the body limit cannot
+  starve;
+- time: the whole body must arrive within ``EVOTOK_BODY_TIMEOUT_S`` of the request start, else 408
+  ``request_timeout`` and the connection is closed (slow-body clients; slow headers are handled in
+  ``http_protocol.py``).
+
+The metrics middleware records ``evotok_http_requests_total{endpoint,code}``, the duration histogram,
+in-flight gauge and payload sizes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evotok.service import metrics
-from evotok.service.errors import PayloadTooLarge
-from evotok.service.handlers import endpoint_of_path, error_response
+from evotok.service.errors import PayloadTooLarge, RequestTimeout, ServerBusy
+from evotok.service.handlers import endpoint_of_path, error_response, service_error_response
+from evotok.service.settings import Settings
+
+
+class ByteBudget:
+    """Bytes reserved by the bodies this process is receiving or holding (one per app, event-loop only)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+    def try_reserve(self, n: int) -> bool:
+        if self.used and self.used + n > self.capacity:
+            return False
+        self.used += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    """Body size, in-flight byte budget and body timeout (see the module docstring).
+
+    ``settings`` may be omitted: it is then read from ``app.state.evotok`` (``create_app``) on first use.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int | None = None, settings: Settings | None = None) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self._max_body_bytes = max_body_bytes
+        self._settings = settings
+        self._budget: ByteBudget | None = None
+
+    def _limits(self, scope: Scope) -> tuple[int, ByteBudget, float]:
+        if self._settings is None:
+            self._settings = scope["app"].state.evotok.settings
+        s: Any = self._settings
+        if self._budget is None:
+            self._budget = ByteBudget(int(s.max_inflight_body_bytes))
+        return int(self._max_body_bytes or s.max_body_bytes), self._budget, float(s.body_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        limit = self.max_body_bytes
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > limit:
-                    metrics.REJECTIONS.labels(endpoint_of_path(scope.get("path", "")), "payload_too_large").inc()
-                    response = error_response(
-                        413, "payload_too_large", f"request body is {declared} bytes; the limit is {limit}"
-                    )
-                    await response(scope, receive, send)
-                    return
+        limit, budget, body_timeout_s = self._limits(scope)
+        endpoint = endpoint_of_path(scope.get("path", ""))
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:
+            metrics.REJECTIONS.labels(endpoint, "payload_too_large").inc()
+            response = error_response(413, "payload_too_large", f"request body is {declared} bytes; the limit is {limit}")
+            await response(scope, receive, send)
+            return
+        reserved = 0
+        if declared:
+            if not budget.try_reserve(declared):
+                metrics.REJECTIONS.labels(endpoint, metrics.reason_of_code("server_busy")).inc()
+                busy = ServerBusy(f"this server is receiving {budget.used} body bytes (budget {budget.capacity}); "
+                                  "retry shortly", retry_after_s=1.0)
+                await service_error_response(busy)(scope, receive, send)
+                return
+            reserved = declared
+        deadline = time.monotonic() + body_timeout_s
         seen = 0
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, reserved, body_done
+            if body_done:
+                return await receive()
+            remaining = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, remaining))
+            except TimeoutError:
+                raise RequestTimeout(f"the request body did not arrive within {body_timeout_s:g} s "
+                                     f"({seen} bytes received)") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                if seen > reserved:
+                    if not budget.try_reserve(seen - reserved):
+                        raise ServerBusy("the server's body-byte budget is full; retry shortly", retry_after_s=1.0)
+                    reserved = seen
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message.get("status") == 408:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, closing_send)
+        finally:
+            budget.release(reserved)
 
 
 class MetricsMiddleware:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,15 +17,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from evotok.export.types import ModelInfo
 from evotok.service import metrics
 from evotok.service.batcher import Op
-from evotok.service.codes_io import NPY_CONTENT_TYPE, codes_from_json, codes_from_npy
+from evotok.service.codes_io import (
+    NPY_CONTENT_TYPE,
+    codes_from_json,
+    codes_from_npy,
+    max_codes_body_bytes,
+    parse_json,
+)
 from evotok.service.errors import (
+    DeadlineExceeded,
     InvalidCodes,
     InvalidInput,
     NotAcceptable,
+    PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
 )
-from evotok.service.imaging import IMAGE_CONTENT_TYPES, ResizeMode, prepare_image
+from evotok.service.imaging import IMAGE_CONTENT_TYPES, ResizeMode, parse_background, prepare_image
 from evotok.service.state import ServiceState
 
 T = TypeVar("T")
@@ -37,6 +44,8 @@ U8 = npt.NDArray[np.uint8]
 # OpenAPI pieces shared by the routes that take images
 BINARY_SCHEMA: dict[str, Any] = {"type": "string", "format": "binary"}
 RAW_IMAGE_BODIES: dict[str, Any] = {t: {"schema": BINARY_SCHEMA} for t in IMAGE_CONTENT_TYPES}
+BACKGROUND_DOC = ("colour that transparent pixels are flattened onto: a name (white, black) or #rrggbb; "
+                  "default EVOTOK_BACKGROUND (white)")
 
 class ClientGone(ServiceError):
     """The client closed the connection before its answer (nginx's 499; nobody reads the body)."""
@@ -131,30 +140,78 @@ async def read_images(request: Request, state: ServiceState) -> tuple[list[bytes
     )
 
 
+async def _read_capped(request: Request, cap: int, what: str) -> bytes:
+    """The body, refused with 413 as soon as it (declared or received) exceeds ``cap`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLarge(f"{what} body is {declared} bytes; no valid {what} for this model exceeds {cap}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise PayloadTooLarge(f"{what} body exceeds {cap} bytes; no valid {what} for this model is that large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_codes(request: Request, info: ModelInfo) -> npt.NDArray[np.uint16]:
-    """Codes from ``application/json`` ``{"codes": ...}`` or an ``application/x-npy`` body."""
+    """Codes from ``application/json`` ``{"codes": ...}`` or an ``application/x-npy`` body.
+
+    The body is capped at the largest valid codes for the model (413 beyond it) and parsed in the thread
+    pool, so neither a huge body nor a slow parse holds the event loop.
+    """
     mtype = media_type(request)
-    body = await request.body()
+    if mtype not in ("application/json", NPY_CONTENT_TYPE, "application/octet-stream"):
+        raise UnsupportedMediaType(
+            f"content type {mtype or '(none)'!r} is not accepted; send application/json or {NPY_CONTENT_TYPE}"
+        )
+    body = await _read_capped(request, max_codes_body_bytes(info), "codes")
     if mtype == "application/json":
         if not body:
             raise InvalidCodes("empty body: expected JSON {\"codes\": [h][w][depth]}")
-        try:
-            obj = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"body is not valid JSON: {exc}") from exc
-        return await run_in_threadpool(codes_from_json, obj, info)
-    if mtype in (NPY_CONTENT_TYPE, "application/octet-stream"):
-        return await run_in_threadpool(codes_from_npy, body, info)
-    raise UnsupportedMediaType(
-        f"content type {mtype or '(none)'!r} is not accepted; send application/json or {NPY_CONTENT_TYPE}"
-    )
+        return await run_in_threadpool(lambda: codes_from_json(parse_json(body), info))
+    return await run_in_threadpool(codes_from_npy, body, info)
 
 
-async def decode_images(blobs: list[bytes], state: ServiceState, info: ModelInfo, resize: ResizeMode) -> list[U8]:
-    """Bytes -> model inputs ``(S, S, 3)`` uint8, off the event loop."""
+def background_of(state: ServiceState, value: str | None) -> tuple[int, int, int]:
+    """The ``background`` query parameter, else ``EVOTOK_BACKGROUND``, as RGB (422 for an unknown colour)."""
+    return parse_background(value if value is not None else state.settings.background)
+
+
+async def _decode_slot(request: Request, limit: int, deadline: float) -> asyncio.Semaphore:
+    """This app's bound on images decoded at once (each may hold a full-size decoded image)."""
+    slots: asyncio.Semaphore | None = getattr(request.app.state, "evotok_decode_slots", None)
+    if slots is None:
+        slots = request.app.state.evotok_decode_slots = asyncio.Semaphore(limit)
+    try:
+        await asyncio.wait_for(slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise DeadlineExceeded("no image decoder became free before the request deadline") from None
+    return slots
+
+
+async def decode_images(blobs: list[bytes], state: ServiceState, info: ModelInfo, resize: ResizeMode,
+                        request: Request | None = None, background: str | None = None) -> list[U8]:
+    """Bytes -> model inputs ``(S, S, 3)`` uint8, in the thread pool, at most ``max_concurrent_decodes`` at once."""
     start = time.perf_counter()
-    limit = state.settings.max_image_pixels
-    images = [await run_in_threadpool(prepare_image, b, info.image_size, resize, limit) for b in blobs]
+    s = state.settings
+    colour = background_of(state, background)
+
+    def prepare(blob: bytes) -> U8:
+        return prepare_image(blob, info.image_size, resize, s.max_image_pixels,
+                             max_aspect_ratio=s.max_aspect_ratio, background=colour)
+
+    images = []
+    for blob in blobs:
+        if request is None:
+            images.append(await run_in_threadpool(prepare, blob))
+            continue
+        slots = await _decode_slot(request, s.max_concurrent_decodes, deadline_for(state, request))
+        try:
+            images.append(await run_in_threadpool(prepare, blob))
+        finally:
+            slots.release()
     metrics.STAGE_DURATION.labels("encode", "decode_input", str(info.image_size)).observe(time.perf_counter() - start)
     return images
 

@@ -22,7 +22,7 @@ _REQUEST_BODY: dict[str, Any] = {
             "schema": {"type": "object", "required": ["codes"], "properties": {"codes": {
                 "type": "array", "description": "[h][w][depth] integers in [0, K] (K = null code)",
                 "items": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}}}},
-            "example": {"codes": [[[17, 4005], [903, 12]], [[5, 5], [1, 2]]]},
+            "example": {"codes": [[[17, 405], [903, 12]], [[5, 5], [1, 2]]]},
         },
         NPY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary",
                                       "description": "integer .npy of shape (h, w, depth), no pickle"}},

@@ -14,6 +14,7 @@ from evotok.service.errors import InvalidInput
 from evotok.service.handlers import openapi_errors
 from evotok.service.imaging import IMAGE_CONTENT_TYPES
 from evotok.service.routes.common import (
+    BACKGROUND_DOC,
     BINARY_SCHEMA,
     RAW_IMAGE_BODIES,
     decode_images,
@@ -35,10 +36,10 @@ _BINARY = BINARY_SCHEMA
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {"image": _BINARY}}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"image": _BINARY}, "required": ["image"]}},
         **RAW_IMAGE_BODIES,
         "application/json": {"schema": {"type": "object", "properties": {"codes": {"type": "array"}}},
-                             "example": {"codes": [[[17, 4005], [903, 12]], [[5, 5], [1, 2]]]}},
+                             "example": {"codes": [[[17, 405], [903, 12]], [[5, 5], [1, 2]]]}},
         NPY_CONTENT_TYPE: {"schema": {**_BINARY, "description": "integer codes .npy (h, w, depth)"}},
     },
 }
@@ -64,6 +65,7 @@ async def embed(
     request: Request,
     dtype: Literal["float32", "float16"] = Query("float32", description="feature dtype"),
     resize: Literal["center-crop", "stretch", "none"] = Query("center-crop", description="image fitting (images only)"),
+    background: str | None = Query(None, description=BACKGROUND_DOC),
 ) -> Response:
     state = get_state(request)
     info = state.model_info()
@@ -73,7 +75,7 @@ async def embed(
         blobs, batch_form = await read_images(request, state)
         if batch_form:
             raise InvalidInput("/embed takes one 'image' field; the batch form is only on /encode")
-        images = await decode_images(blobs, state, info, resize)
+        images = await decode_images(blobs, state, info, resize, request, background)
         (features,) = await submit_all(state, request, "embed_image", images, "embed")
         source, depth = "image", info.semantic_depth
     else:

@@ -13,6 +13,7 @@ from evotok.service.codes_io import NPY_CONTENT_TYPE, to_npy
 from evotok.service.errors import InvalidInput
 from evotok.service.handlers import openapi_errors
 from evotok.service.routes.common import (
+    BACKGROUND_DOC,
     BINARY_SCHEMA,
     RAW_IMAGE_BODIES,
     decode_images,
@@ -36,16 +37,17 @@ _REQUEST_BODY: dict[str, Any] = {
             "schema": {
                 "type": "object",
                 "properties": {
-                    "image": {**_BINARY, "description": "one PNG/JPEG/WebP image"},
+                    "image": {**_BINARY, "description": "one image (see the accepted formats)"},
                     "images": {"type": "array", "items": _BINARY,
                                "description": "batch form: several images (up to EVOTOK_MAX_BATCH_IMAGES)"},
                 },
+                "oneOf": [{"required": ["image"]}, {"required": ["images"]}],
             },
         },
         **RAW_IMAGE_BODIES,
     },
 }
-_EXAMPLE = {"codes": [[[17, 4005, 88], [903, 12, 7]], [[5, 5, 5], [1, 2, 3]]], "shape": [2, 2, 3], "depth": 3,
+_EXAMPLE = {"codes": [[[17, 405, 88], [903, 12, 7]], [[5, 5, 5], [1, 2, 3]]], "shape": [2, 2, 3], "depth": 3,
             "model": {"name": "evotok-small", "weights_hash": "3f1c...e9"}}
 
 
@@ -53,11 +55,12 @@ _EXAMPLE = {"codes": [[[17, 4005, 88], [903, 12, 7]], [[5, 5, 5], [1, 2, 3]]], "
     "/encode",
     summary="Encode an image into residual codes",
     description=(
-        "Send one image as the multipart field `image` or as the raw body (`image/png`, `image/jpeg`, "
-        "`image/webp`); several multipart `images` fields form the batch form (the answer is then a JSON list, "
-        "or one `.npy` of shape (B, h, w, depth)). Images are fitted to the model input by `resize` "
-        "(default: short side to the model size with bicubic, then centre crop). Accepted pixels: 8-bit RGB, "
-        "grayscale, palette without transparency; alpha, CMYK, 16-bit and animated images are refused. "
+        "Send one image as the multipart field `image` or as the raw body (PNG, JPEG, WebP, GIF, BMP, TIFF, "
+        "AVIF, HEIC when installed; the container is sniffed from the bytes); several multipart `images` "
+        "fields form the batch form (the answer is then a JSON list, or one `.npy` of shape (B, h, w, depth)). "
+        "Images are turned upright by their EXIF orientation, converted to 8-bit RGB (alpha flattened onto "
+        "`background`, CMYK/16-bit/1-bit/palette converted, first frame of animations) and fitted to the "
+        "model input by `resize` (default: centred square, bicubic to the model size). "
         "`Accept: application/x-npy` returns uint16 codes as a `.npy` file (no pickle)."
     ),
     response_model=EncodeResponse,
@@ -74,6 +77,7 @@ async def encode(
     resize: Literal["center-crop", "stretch", "none"] = Query(
         "center-crop", description="how to fit the image to the model input"
     ),
+    background: str | None = Query(None, description=BACKGROUND_DOC),
 ) -> Response:
     state = get_state(request)
     info = state.model_info()
@@ -81,7 +85,7 @@ async def encode(
         raise InvalidInput(f"depth must be in 1..{info.num_depths}, got {depth}")
     npy = wants_npy(request)
     blobs, batch_form = await read_images(request, state)
-    images = await decode_images(blobs, state, info, resize)
+    images = await decode_images(blobs, state, info, resize, request, background)
     codes = await submit_all(state, request, "encode", images, "encode")
     d = depth or info.num_depths
     out = np.stack([c[..., :d] for c in codes]).astype(np.uint16)  # (B, h, w, d)

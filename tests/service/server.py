@@ -77,3 +77,44 @@ def metric_values(text: str, name: str, **labels: str) -> list[float]:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             out.append(float(value))
     return out
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``) in bytes; 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class RssWatchdog:
+    """Kills the server if its RSS passes ``kill_above`` (a regression must fail the test, not the machine)."""
+
+    def __init__(self, pid: int, kill_above: int) -> None:
+        import threading
+
+        self.pid, self.kill_above, self.killed = pid, kill_above, False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            if proc_status(self.pid, "VmRSS") > self.kill_above:
+                self.killed = True
+                os.kill(self.pid, signal.SIGKILL)
+                return
+
+    def __enter__(self) -> RssWatchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
