@@ -14,9 +14,14 @@ resolves futures by request id; replies for unknown or already-resolved ids (dup
 answers that came after the deadline) are dropped and counted. A monitor task polls the live-worker
 count and queue depth for ``stats()`` / readiness.
 
-Redis outages: a failed admission answers ``NotReady`` (503) at once (no client-side retries, short
-connect timeout); when the reader loses its connection every waiting request is failed with ``NotReady``
-(a Redis without persistence has lost their entries); both tasks reconnect by themselves, nothing exits.
+Redis outages: an admission that cannot connect answers ``NotReady`` (503) at once (short connect timeout,
+no entry was written). An admission whose connection stalls (Redis paused or stopped) waits until the
+request's deadline: the command may still run when Redis resumes, so on giving up the request marks its entry
+cancelled (retried until Redis answers) and answers 504. When the reply reader loses its connection it
+reconnects and re-reads its reply stream; waiting requests keep waiting until their own deadlines, because
+their entries are still in the stream and the workers still answer them. Only when Redis came back as a
+different server (its ``run_id`` changed: a restart without persistence lost the entries) are the waiting
+requests failed at once with ``NotReady``. Nothing exits.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class RedisBatcher(Batcher):
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._redis: aredis.Redis | None = None
         self._reader_redis: aredis.Redis | None = None
+        self._admit_redis: aredis.Redis | None = None
         self._admit: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[Any]] = set()
@@ -83,7 +89,9 @@ class RedisBatcher(Batcher):
         self._queued = 0
         self._oldest_age_s = 0.0
         self.dropped_replies = 0  # duplicates / late replies ignored
-        self.lost_on_outage = 0  # waiting requests failed because the reply connection broke
+        self.lost_on_outage = 0  # waiting requests failed because Redis restarted and lost their entries
+        self.reply_reconnects = 0  # reply-reader reconnections (waiting requests kept waiting)
+        self._run_id: str | None = None  # the Redis server instance the entries were written to
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def _client(self, socket_timeout_s: float) -> aredis.Redis:
@@ -100,7 +108,9 @@ class RedisBatcher(Batcher):
             return
         self._redis = self._client(socket_timeout_s=COMMAND_TIMEOUT_S)
         self._reader_redis = self._client(socket_timeout_s=READ_BLOCK_MS / 1000 + 3.0)
-        self._admit = self._redis.register_script(ADMIT_LUA)
+        # admissions wait up to their request deadline (a stalled Redis may still run the command later)
+        self._admit_redis = self._client(socket_timeout_s=self.settings.request_timeout_s + 1.0)
+        self._admit = self._admit_redis.register_script(ADMIT_LUA)
         self._started = True
         self._tasks = [
             asyncio.create_task(self._reader_loop(), name="redis-reply-reader"),
@@ -121,7 +131,7 @@ class RedisBatcher(Batcher):
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(NotReady("server is shutting down"))
-        for client in (self._redis, self._reader_redis):
+        for client in (self._redis, self._reader_redis, self._admit_redis):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()
@@ -170,10 +180,18 @@ class RedisBatcher(Batcher):
         args: list[Any] = [s.redis_max_entries, s.redis_max_bytes, self._window_ms, remaining_ms, len(data),
                            "rid", rid, "reply", self.reply_key, "dtype", dtype, "shape", shape, "data", data]
         try:
-            res = await self._admit(keys=keys, args=args)
-        except REDIS_DOWN as exc:
+            res = await asyncio.wait_for(self._admit(keys=keys, args=args), timeout=remaining_ms / 1000)
+        except TimeoutError as exc:  # asyncio's (deadline) or the socket's: the entry may still be written
+            self._redis_ok = False
+            self._mark_cancelled(rid, max(1000, remaining_ms + 5000))
+            raise DeadlineExceeded("the queue (Redis) did not answer before the request deadline") from exc
+        except redis.ConnectionError as exc:  # could not connect / connection reset: nothing was written
             self._redis_ok = False
             raise NotReady("queue unavailable: cannot reach Redis", retry_after_s=1.0) from exc
+        except REDIS_DOWN as exc:
+            self._redis_ok = False
+            self._mark_cancelled(rid, max(1000, remaining_ms + 5000))
+            raise NotReady("queue unavailable: Redis stopped answering", retry_after_s=1.0) from exc
         except redis.ResponseError as exc:  # e.g. OOM under maxmemory noeviction
             raise Overloaded(f"queue refused the entry: {exc}", retry_after_s=1.0) from exc
         self._redis_ok = True
@@ -204,13 +222,16 @@ class RedisBatcher(Batcher):
         raise BackendError(reply.message or "inference failed")
 
     def _mark_cancelled(self, rid: str, ttl_ms: int) -> None:
-        """Fire-and-forget: tell workers to skip this entry (best effort)."""
+        """Fire-and-forget: tell workers to skip this entry; retried while Redis is unreachable, for ``ttl_ms``."""
 
         async def mark() -> None:
-            if self._redis is None:
-                return
-            with contextlib.suppress(redis.RedisError, OSError):
-                await self._redis.set(self.keys.cancel(rid), b"1", px=ttl_ms)
+            end = time.monotonic() + ttl_ms / 1000
+            while self._redis is not None and time.monotonic() < end:
+                try:
+                    await self._redis.set(self.keys.cancel(rid), b"1", px=ttl_ms)
+                    return
+                except (redis.RedisError, OSError):
+                    await asyncio.sleep(0.2)
 
         task = asyncio.create_task(mark())
         self._side_tasks.add(task)
@@ -225,12 +246,13 @@ class RedisBatcher(Batcher):
         connected = False
         while True:
             try:
-                resp: Any = await self._reader_redis.xread({self.reply_key: last_id}, count=READ_COUNT,
-                                                           block=READ_BLOCK_MS)
                 if not connected:
+                    await self._check_same_server()
                     connected = True
                     backoff = 0.05
                     log.info("reply reader connected to Redis")
+                resp: Any = await self._reader_redis.xread({self.reply_key: last_id}, count=READ_COUNT,
+                                                           block=READ_BLOCK_MS)
                 done: list[Any] = []
                 for _stream, entries in resp or []:
                     for entry_id, fields in entries:
@@ -243,11 +265,12 @@ class RedisBatcher(Batcher):
                 raise
             except REDIS_DOWN as exc:
                 if connected:
-                    log.warning("reply reader lost Redis (%s); failing %d waiting requests", exc, len(self._pending))
+                    self.reply_reconnects += 1
+                    log.warning("reply reader lost Redis (%s); %d waiting requests keep waiting until their "
+                                "deadlines", exc, len(self._pending))
                 connected = False
                 self._redis_ok = False
-                self._fail_waiting()
-                last_id = "0-0"
+                last_id = "0-0"  # replies are deleted once read: re-reading from the start loses none
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
             except Exception:
@@ -267,11 +290,21 @@ class RedisBatcher(Batcher):
             return
         fut.set_result(reply)
 
+    async def _check_same_server(self) -> None:
+        """On (re)connect: if Redis is a different instance than the one our entries went to, they are gone."""
+        assert self._reader_redis is not None
+        info: Any = await self._reader_redis.info("server")
+        run_id = str(info.get("run_id", ""))
+        if self._run_id is not None and run_id != self._run_id:
+            log.warning("Redis restarted (run_id changed); failing %d waiting requests", len(self._pending))
+            self._fail_waiting()
+        self._run_id = run_id
+
     def _fail_waiting(self) -> None:
         for fut in list(self._pending.values()):
             if not fut.done():
                 self.lost_on_outage += 1
-                fut.set_exception(NotReady("lost the connection to the queue; retry", retry_after_s=1.0))
+                fut.set_exception(NotReady("the queue restarted and lost this request; retry", retry_after_s=1.0))
 
     async def _monitor_loop(self) -> None:
         """Refresh live-worker count and queue depth for ``stats()`` (readiness, queue gauges)."""
