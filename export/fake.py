@@ -3,15 +3,22 @@
 Codes are a function of the image content (mean colour per grid cell, quantised per depth), decoding
 paints each cell with a colour derived from its codes. It exercises every shape and dtype rule of the
 real interface; it is *not* a model.
+
+Cost model for service tests and ``evotok bench service --fake``: every runtime call sleeps ``delay_s``, or
+``A + B * b`` ms for a batch of ``B`` with ``cost_ms = (A, b)`` (a GPU-like fixed cost per call). Test-only:
+while the file ``hang_file`` exists, every call blocks (a hung runtime, for liveness tests).
 """
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from evotok.export.runtime import F32, U8, Codes, Runtime
-from evotok.export.types import ModelInfo
+from evotok.export.types import ModelInfo, SelfTestResult
 
 
 class FakeRuntime(Runtime):
@@ -25,6 +32,8 @@ class FakeRuntime(Runtime):
         semantic_depth: int = 4,
         semantic_dim: int = 8,
         delay_s: float = 0.0,
+        cost_ms: tuple[float, float] | None = None,
+        hang_file: Path | str | None = None,
     ) -> None:
         self.info = ModelInfo(
             name="fake",
@@ -40,14 +49,30 @@ class FakeRuntime(Runtime):
             semantic_by_depth=tuple(float(d) / num_depths for d in range(1, num_depths + 1)),
         )
         self.delay_s = delay_s
+        self.cost_ms = cost_ms
+        self.hang_file = Path(hang_file) if hang_file else None
         self.batch_sizes: list[int] = []  # observed batch sizes, for batching tests
 
     def _sleep(self, n: int) -> None:
         self.batch_sizes.append(n)
-        if self.delay_s:
-            import time
+        while self.hang_file is not None and self.hang_file.exists():
+            time.sleep(0.02)
+        seconds = self.delay_s
+        if self.cost_ms is not None:
+            seconds = (self.cost_ms[0] + n * self.cost_ms[1]) / 1000
+        if seconds:
+            time.sleep(seconds)
 
-            time.sleep(self.delay_s)
+    def self_test(self, golden_path: Path | None = None, threshold: float = 1.0) -> SelfTestResult:
+        """Not a model, so no golden codes: encode fixed images twice and compare (determinism only)."""
+        rng = np.random.default_rng(0)
+        size = self.info.image_size
+        images = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+        same = FakeRuntime.encode(self, images) == FakeRuntime.encode(self, images)
+        del self.batch_sizes[-2:]
+        agreement = float(same.mean())
+        by_depth = tuple(float(x) for x in same.mean(axis=(0, 1, 2)))
+        return SelfTestResult(agreement, by_depth, None, 2, agreement >= threshold, threshold, {"reason": "fake"})
 
     def encode(self, images: U8) -> npt.NDArray[np.uint16]:
         b, size, _, _ = images.shape

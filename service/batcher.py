@@ -1,46 +1,32 @@
-"""The Batcher interface: HTTP handlers submit single items, a batcher runs them through a Runtime in batches.
+"""The Batcher interface: HTTP handlers submit single items; a batcher runs them through a Runtime in batches.
 
-Two implementations share this interface and one batch-forming policy (``BatchPolicy``):
+Two adapters implement it over one batching core (``service/core.py``: entries, ``next_batch``, the op table,
+execution with timing and metrics):
 
-- ``InProcessBatcher`` (``service/inprocess.py``, the embedded default): an asyncio queue in the API process
-  and a worker thread that owns the Runtime.
+- ``InProcessBatcher`` (``service/inprocess.py``, the embedded default): an asyncio list of entries in the API
+  process and a runtime thread.
 - ``RedisBatcher`` (``service/redis_queue.py``): the API side of Redis Streams; ``evotok worker`` processes
-  (``service/worker.py``) form the batches with the same ``BatchPolicy``.
+  (``service/worker/``) form the batches with the same core.
 
-Ops and payloads (one item each; the batcher stacks them into ``(B, ...)`` runtime calls):
-
-============== ========================================== ==========================================
-op             payload                                    result
-============== ========================================== ==========================================
-``encode``     ``(H, W, 3)`` uint8 image (model size)      ``(h, w, D)`` uint16 codes
-``decode``     ``(h, w, d)`` uint16 codes, 1 <= d <= D      ``(H, W, 3)`` uint8 image
-``embed_image``  ``(H, W, 3)`` uint8 image                  ``(h*w, C)`` float32 features
-``embed_codes``  ``(h, w, d)`` uint16 codes                 ``(h*w, C)`` float32 features
-============== ========================================== ==========================================
-
-Items are only batched with items of the same op and the same payload shape.
-Failures are raised from ``submit`` as the domain exceptions of ``service/errors.py``.
+The ops, their payloads and results are tabled in ``service/core.py``. Failures are raised from ``submit``
+as the domain exceptions of ``service/errors.py``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-Op = Literal["encode", "decode", "embed_image", "embed_codes"]
-OPS: tuple[Op, ...] = ("encode", "decode", "embed_image", "embed_codes")
+from evotok.service.core import OPS, BatchPolicy, Op
 
+if TYPE_CHECKING:
+    from evotok.service.state import ServiceState
 
-@dataclass(frozen=True)
-class BatchPolicy:
-    """When a batch closes: at ``max_batch_size`` items or ``max_queue_delay_s`` after its first item."""
-
-    max_batch_size: int = 8
-    max_queue_delay_s: float = 0.005
+__all__ = ["OPS", "BatchPolicy", "Batcher", "BatcherStats", "Op", "as_uint16_codes"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +44,29 @@ class Batcher(ABC):
     @abstractmethod
     async def start(self) -> None:
         """Start background tasks (called in the app lifespan)."""
+
+    async def prepare(self, state: ServiceState) -> None:
+        """Make the service ready (a background task of the lifespan). Default, for batchers whose Runtime lives
+        elsewhere (Redis workers): the model card comes from ``<weights>/config.json``."""
+        from evotok import __version__
+        from evotok.service import metrics
+        from evotok.service.model_info import load_model_info
+
+        s = state.settings
+        state.info = load_model_info(s.weights, backend=s.backend, precision=s.precision)
+        state.phase = "ready"
+        metrics.BUILD_INFO.labels(__version__, state.info.weights_hash[:12], s.backend, s.precision, "").set(1)
+
+    def liveness_problem(self) -> str | None:
+        """None while this process can make progress; else why not (``/healthz`` answers 503 with it)."""
+        return None
+
+    def publish_gauges(self) -> None:  # noqa: B027 - optional hook
+        """Refresh queue gauges (called at scrape time)."""
+
+    def batch_caps(self) -> dict[str, Any] | None:
+        """Per-op batch caps and the per-item times they were chosen from, when this process knows them."""
+        return None
 
     @abstractmethod
     async def submit(self, op: Op, payload: npt.NDArray[Any], deadline: float) -> npt.NDArray[Any]:

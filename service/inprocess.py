@@ -1,15 +1,14 @@
-"""The embedded dynamic batcher: one asyncio task forms batches, one worker thread runs the Runtime.
+"""The embedded adapter of the batching core: an asyncio entry list in the API process and one runtime thread.
 
-Flow of one item: ``submit`` admits it (bounded: at most ``max_queue_size`` items queued + running, else
-``Overloaded`` -> 429 with Retry-After), appends an ``_Entry`` and awaits its future until the deadline
-(``DeadlineExceeded`` -> 504). The batcher task takes the oldest live entry, then gathers entries with the same
-op and payload shape until ``max_batch_size`` items or ``max_queue_delay_s`` after that first item's arrival,
-dropping entries whose future was cancelled (client gone) or whose deadline passed. The stacked batch runs on
-the single worker thread (the Runtime is never touched by two threads, nor by the event loop); results are
-split back onto the futures. A failing batch fails only its own items (``BackendError``); the loop goes on.
+``submit`` admits an item (at most ``max_queue_size`` queued + running, else ``Overloaded`` -> 429 with
+Retry-After), appends an ``Entry`` holding its future and awaits it until the deadline (``DeadlineExceeded``
+-> 504). One task asks ``core.next_batch`` what to do with the entries (clock: ``time.monotonic()``), answers the
+entries it drops, and runs each batch on the runtime thread through ``core.execute`` (the Runtime is never
+touched by two threads, nor by the event loop). A failing batch fails only its own items; the loop goes on.
 
-The same worker thread also loads, warms and self-tests the Runtime (``run_in_worker``) before ``attach``
-makes the batcher ready.
+The same thread loads, warms, self-tests the Runtime and measures the batch caps (``prepare``, through
+``runtime_setup``) before the batcher is ready. A runtime call running longer than ``hang_s`` makes
+``liveness_problem`` report it (``/healthz`` 503).
 """
 
 from __future__ import annotations
@@ -22,33 +21,47 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-import numpy as np
-import numpy.typing as npt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from evotok.export.runtime import Runtime
 from evotok.service import metrics
-from evotok.service.batcher import Batcher, BatcherStats, BatchPolicy, Op
-from evotok.service.errors import BackendError, DeadlineExceeded, NotReady, Overloaded
+from evotok.service.batcher import Batcher, BatcherStats
+from evotok.service.core import (
+    OPS,
+    Batch,
+    BatchPolicy,
+    CallWatch,
+    CloseReason,
+    Entry,
+    Executed,
+    Op,
+    RunTimes,
+    Wait,
+    bucket_of,
+    error_code,
+    execute,
+    key_of,
+    next_batch,
+    take,
+)
+from evotok.service.errors import BackendError, DeadlineExceeded, InvalidInput, NotReady, Overloaded
+
+if TYPE_CHECKING:
+    from evotok.service.state import ServiceState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Array = npt.NDArray[Any]
+Array = Any  # numpy arrays (see core.py for shapes)
+Fut = asyncio.Future[Array]
 
 
-@dataclass(eq=False)
-class _Entry:
-    op: Op
+@dataclass(frozen=True)
+class Item:
+    """What an in-process entry refers to: the caller's payload and the future it awaits."""
+
     payload: Array
-    deadline: float  # time.monotonic() based
-    enqueued: float
-    future: asyncio.Future[Array] = field(repr=False)
-
-    @property
-    def key(self) -> tuple[str, tuple[int, ...]]:
-        return self.op, self.payload.shape
+    future: Fut
 
 
 @dataclass(frozen=True)
@@ -57,36 +70,26 @@ class BatchRecord:
 
     op: Op
     size: int
-    close_reason: str  # full | delay | drain
-
-
-def _run_op(runtime: Runtime, op: Op, batch: Array) -> Array:
-    if op == "encode":
-        return runtime.encode(batch)
-    if op == "decode":
-        return runtime.decode(batch)
-    if op == "embed_image":
-        return runtime.embed_images(batch)
-    if op == "embed_codes":
-        return runtime.embed_codes(batch)
-    raise ValueError(f"unknown op {op!r}; this is a bug")
+    close_reason: CloseReason
 
 
 class InProcessBatcher(Batcher):
-    def __init__(self, policy: BatchPolicy, max_queue_size: int = 256, history: int = 1000) -> None:
+    def __init__(self, policy: BatchPolicy, max_queue_size: int = 256, history: int = 1000, *,
+                 runtime_factory: Callable[[], Runtime] | None = None, hang_s: float = 60.0) -> None:
         self.policy = policy
         self.max_queue_size = max_queue_size
-        self._queue: collections.deque[_Entry] = collections.deque()
+        self.entries: list[Entry[Item]] = []
+        self.times = RunTimes()
+        self.watch = CallWatch(hang_s)
+        self.batches: collections.deque[BatchRecord] = collections.deque(maxlen=history)
+        self._factory = runtime_factory
+        self._caps: dict[str, Any] | None = None
         self._running = 0
-        self._forming: list[_Entry] = []  # taken off the queue, batch not closed yet
         self._runtime: Runtime | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evotok-runtime")
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._draining = False
-        self._bucket = "unknown"
-        self._items_per_s = 0.0  # EWMA of batch throughput, for Retry-After
-        self.batches: collections.deque[BatchRecord] = collections.deque(maxlen=history)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -98,22 +101,74 @@ class InProcessBatcher(Batcher):
         """Run ``fn`` on the runtime thread (load, warm-up, self-test) without blocking the loop."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    def attach(self, runtime: Runtime) -> None:
-        """Hand over a loaded, warmed, self-tested Runtime: from now on the batcher is ready."""
+    def attach(self, runtime: Runtime, policy: BatchPolicy | None = None) -> None:
+        """Hand over a loaded, warmed, self-tested Runtime (and the policy with its caps): ready from now on."""
+        self.policy = policy or self.policy
         self._runtime = runtime
-        self._bucket = str(runtime.info.image_size)
+
+    async def prepare(self, state: ServiceState) -> None:
+        """Load the Runtime with the factory, prepare it (``runtime_setup``), then attach it."""
+        from evotok import __version__
+        from evotok.service.runtime_setup import prepare_runtime
+
+        if self._factory is None:
+            raise RuntimeError("InProcessBatcher.prepare needs a runtime_factory; this is a bug")
+        factory, settings = self._factory, state.settings
+        try:
+            state.phase = "loading"
+            t0 = time.perf_counter()
+            runtime = await self.run_in_worker(factory)
+            state.details["load_s"] = time.perf_counter() - t0
+            metrics.ENGINE_LOAD.labels("runtime").set(state.details["load_s"])
+
+            def set_phase(p: str) -> None:
+                state.phase = p
+
+            prepared = await self.run_in_worker(lambda: prepare_runtime(runtime, settings, set_phase))
+            state.details.update(prepared.details)
+            state.self_test, info = prepared.self_test, runtime.info
+            metrics.BUILD_INFO.labels(__version__, info.weights_hash[:12], info.backend, info.precision, "").set(1)
+            state.info = info
+            if not prepared.self_test.passed:
+                r = prepared.self_test
+                state.phase = "failed"
+                state.startup_error = (f"golden self-test failed: agreement {r.agreement:.4f} < threshold "
+                                       f"{r.threshold} (first mismatch at depth {r.first_mismatch_depth})")
+                if r.details.get("reason"):
+                    state.startup_error += f": {r.details['reason']}"
+                log.error(state.startup_error)
+                return
+            for op, seconds in prepared.batch_s().items():
+                self.times.seed(op, seconds, prepared.policy.cap(op))
+            self._caps = prepared.caps_dict()
+            self.attach(runtime, prepared.policy)
+            state.phase = "ready"
+            metrics.READY.set(1)
+            log.info("ready: self-test agreement %.4f", prepared.self_test.agreement)
+        except Exception as exc:
+            state.phase = "failed"
+            state.startup_error = f"{type(exc).__name__}: {exc}"
+            log.exception("startup failed")
 
     @property
     def alive(self) -> bool:
-        """False when the batch loop has died (liveness)."""
+        """False when the batch loop has died."""
         return self._task is not None and not self._task.done()
+
+    def liveness_problem(self) -> str | None:
+        if self._task is not None and self._task.done() and not self._draining:
+            return "the batch loop has stopped; restart the process"
+        return self.watch.problem()
+
+    def batch_caps(self) -> dict[str, Any] | None:
+        return self._caps
 
     def stats(self) -> BatcherStats:
         now = time.monotonic()
-        oldest = min((e.enqueued for e in self._queue), default=now)
+        oldest = min((e.enqueued for e in self.entries), default=now)
         return BatcherStats(
-            queued=len(self._queue) + len(self._forming),
-            in_flight=len(self._queue) + len(self._forming) + self._running,
+            queued=len(self.entries),
+            in_flight=len(self.entries) + self._running,
             oldest_age_s=now - oldest,
             ready=self._runtime is not None and self.alive and not self._draining,
             draining=self._draining,
@@ -121,19 +176,19 @@ class InProcessBatcher(Batcher):
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         self._draining = True
+        if self._wakeup is not None:
+            self._wakeup.set()  # a batch still forming closes now ("drain")
         end = time.monotonic() + timeout_s
-        while (self._queue or self._forming or self._running) and time.monotonic() < end and self.alive:
+        while (self.entries or self._running) and time.monotonic() < end and self.alive:
             await asyncio.sleep(0.01)
-        for entry in [*self._queue, *self._forming]:
-            if not entry.future.done():
-                entry.future.set_exception(NotReady("server is shutting down"))
-        self._queue.clear()
-        self._forming = []
+        for entry in self.entries:
+            if not entry.ref.future.done():
+                entry.ref.future.set_exception(NotReady("server is shutting down"))
+        self.entries = []
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, runtime.close)
@@ -145,154 +200,93 @@ class InProcessBatcher(Batcher):
             raise NotReady("server is draining; retry on another replica")
         if self._runtime is None or self._wakeup is None or not self.alive:
             raise NotReady("model is not loaded yet; see GET /readyz")
-        endpoint = metrics.endpoint_of_op(op)
-        if self._backlog() >= self.max_queue_size:
-            raise Overloaded(
-                f"queue is full ({self.max_queue_size} items); retry later", retry_after_s=self._retry_after()
-            )
+        backlog = len(self.entries) + self._running
+        if backlog >= self.max_queue_size:
+            rate = self.times.items_per_s() or 1.0
+            raise Overloaded(f"queue is full ({self.max_queue_size} items); retry later",
+                             retry_after_s=float(max(1, math.ceil(backlog / rate))))
         now = time.monotonic()
         if deadline <= now:
-            metrics.DEADLINE_EXCEEDED.labels(endpoint, "api").inc()
+            metrics.DEADLINE_EXCEEDED.labels(op, "api").inc()
             raise DeadlineExceeded("request deadline passed before it was queued")
-        future: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Entry(op, payload, deadline, now, future))
-        self.publish_gauges(endpoint)
+        future: Fut = asyncio.get_running_loop().create_future()
+        self.entries.append(Entry(key_of(op, payload), now, deadline, Item(payload, future)))
         self._wakeup.set()
         try:
             return await asyncio.wait_for(future, timeout=deadline - now)
         except TimeoutError:
-            metrics.DEADLINE_EXCEEDED.labels(endpoint, "api").inc()
+            metrics.DEADLINE_EXCEEDED.labels(op, "api").inc()
             raise DeadlineExceeded(f"no result within the request deadline ({deadline - now:.3f} s)") from None
 
-    def _backlog(self) -> int:
-        return len(self._queue) + len(self._forming) + self._running
-
-    def _retry_after(self) -> float:
-        backlog = self._backlog()
-        rate = self._items_per_s if self._items_per_s > 0 else 1.0
-        return float(max(1, math.ceil(backlog / rate)))
-
-    def publish_gauges(self, endpoint: str | None = None) -> None:
-        """Set the queue depth/oldest-age gauges from the current queue."""
-        counts: dict[str, int] = collections.Counter(metrics.endpoint_of_op(e.op) for e in self._queue)
-        ages: dict[str, float] = {}
+    def publish_gauges(self) -> None:
+        """Queue depth / oldest age per op, and the age of the runtime call in progress."""
         now = time.monotonic()
-        for e in self._queue:
-            ep = metrics.endpoint_of_op(e.op)
-            ages[ep] = max(ages.get(ep, 0.0), now - e.enqueued)
-        for ep in {"encode", "decode", "embed"}:
-            metrics.QUEUE_ENTRIES.labels(ep, metrics.PRIORITY, "lag").set(counts.get(ep, 0))
-            metrics.QUEUE_OLDEST_AGE.labels(ep, metrics.PRIORITY).set(ages.get(ep, 0.0))
+        for op in OPS:
+            mine = [e for e in self.entries if e.op == op]
+            metrics.QUEUE_ENTRIES.labels(op, "lag").set(len(mine))
+            metrics.QUEUE_OLDEST_AGE.labels(op).set(max((now - e.enqueued for e in mine), default=0.0))
+        metrics.RUNTIME_CALL_AGE.set(self.watch.age_s())
 
-    # --- batch formation --------------------------------------------------------------------------
-    def _live(self, entry: _Entry, now: float) -> bool:
-        """False (and the entry answered/counted) for cancelled or expired entries."""
-        endpoint = metrics.endpoint_of_op(entry.op)
-        if entry.future.done():  # cancelled by the client or timed out in submit
-            metrics.ITEMS_SKIPPED.labels(endpoint, "cancelled").inc()
-            return False
-        if entry.deadline <= now:
-            metrics.ITEMS_SKIPPED.labels(endpoint, "deadline_exceeded").inc()
-            metrics.DEADLINE_EXCEEDED.labels(endpoint, "queue").inc()
-            entry.future.set_exception(DeadlineExceeded("deadline passed while queued"))
-            return False
-        return True
-
-    def _take_matching(self, key: tuple[str, tuple[int, ...]], batch: list[_Entry], limit: int) -> None:
-        now = time.monotonic()
-        keep: collections.deque[_Entry] = collections.deque()
-        while self._queue:
-            entry = self._queue.popleft()
-            if not self._live(entry, now):
-                continue
-            if len(batch) < limit and entry.key == key:
-                batch.append(entry)
-            else:
-                keep.append(entry)
-        self._queue = keep
-
-    async def _next_batch(self) -> tuple[list[_Entry], str]:
+    # --- the loop: core decides, this adapter waits, runs and answers --------------------------------
+    async def _loop(self) -> None:
         assert self._wakeup is not None
         while True:
             now = time.monotonic()
-            while self._queue and not self._live(self._queue[0], now):
-                self._queue.popleft()
-            if self._queue:
-                break
-            self.publish_gauges()
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        first = self._queue.popleft()
-        batch = [first]
-        self._forming = batch  # the same list: entries added below are visible to stats/drain
-        limit = self.policy.max_batch_size
-        close_at = first.enqueued + self.policy.max_queue_delay_s
-        while True:
-            self._take_matching(first.key, batch, limit)
-            if len(batch) >= limit:
-                return batch, "full"
-            remaining = close_at - time.monotonic()
-            if remaining <= 0:
-                return batch, "delay"
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            picked_at = time.monotonic()
-            batch, reason = await self._next_batch()
-            self._forming = []
-            batch = [e for e in batch if not e.future.done()]
-            if not batch:
+            for e in self.entries:
+                e.cancelled = e.ref.future.done()  # the client went away (or submit gave up)
+            decided = next_batch(self.entries, self.policy, now, run_estimate_s=self.times.batch_s,
+                                 draining=self._draining)
+            take(self.entries, decided)
+            metrics.observe_dropped(decided.dropped, "queue")
+            for d in decided.dropped:
+                if not d.entry.ref.future.done():
+                    d.entry.ref.future.set_exception(DeadlineExceeded("deadline passed (or would pass) while queued"))
+            if isinstance(decided, Wait):
+                self.publish_gauges()
+                self._wakeup.clear()
+                timeout = None if decided.until is None else max(0.0, decided.until - now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
                 continue
-            op = batch[0].op
-            endpoint = metrics.endpoint_of_op(op)
-            closed_at = time.monotonic()
-            metrics.BATCH_FORMATION.labels(endpoint).observe(max(0.0, closed_at - max(picked_at, batch[0].enqueued)))
-            metrics.BATCH_CLOSE_REASON.labels(endpoint, reason).inc()
-            for e in batch:
-                metrics.QUEUE_WAIT.labels(endpoint, metrics.PRIORITY).observe(closed_at - e.enqueued)
-            self._running = len(batch)
-            metrics.QUEUE_ENTRIES.labels(endpoint, metrics.PRIORITY, "pending").set(self._running)
-            self.publish_gauges()
-            try:
-                await self._run_batch(loop, op, batch, reason)
-            finally:
-                self._running = 0
-                metrics.QUEUE_ENTRIES.labels(endpoint, metrics.PRIORITY, "pending").set(0)
+            metrics.observe_formed(decided, now)
+            await self._run(decided)
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, op: Op, batch: list[_Entry], reason: str) -> None:
-        endpoint, bucket, n = metrics.endpoint_of_op(op), self._bucket, len(batch)
-        runtime = self._runtime
-        stacked = np.stack([e.payload for e in batch])
-        t0 = time.perf_counter()
+    async def _run(self, batch: Batch[Item]) -> None:
+        runtime, op, n = self._runtime, batch.op, len(batch.entries)
+        payloads = [e.ref.payload for e in batch.entries]
+        self._running = n
+        metrics.QUEUE_ENTRIES.labels(op, "pending").set(n)
+        self.publish_gauges()
         try:
             if runtime is None:
                 raise NotReady("runtime was released")
-            out = await loop.run_in_executor(self._executor, _run_op, runtime, op, stacked)
-            if len(out) != n:
-                raise RuntimeError(f"runtime returned {len(out)} results for {n} items; this is a bug")
-        except Exception as exc:
-            log.exception("batch of %d %s items failed", n, op)
-            metrics.BATCHES.labels(endpoint, bucket, "error").inc()
-            err = exc if isinstance(exc, NotReady) else BackendError(f"inference failed: {type(exc).__name__}")
-            for e in batch:
-                if not e.future.done():
-                    e.future.set_exception(err)
+            done = await asyncio.get_running_loop().run_in_executor(self._executor, self._call, runtime, op, payloads,
+                                                                    batch.key)
+        except NotReady as gone:
+            done = Executed(op, n, None, gone, 0.0)
+        finally:
+            self._running = 0
+            metrics.QUEUE_ENTRIES.labels(op, "pending").set(0)
+        if done.results is None:
+            err = done.error
+            log.error("batch of %d %s items failed: %r", n, op, err)
+            failure: Exception = err if isinstance(err, NotReady) else (
+                InvalidInput(str(err)) if error_code(err or Exception()) == "invalid_input"
+                else BackendError(f"inference failed: {type(err).__name__}"))
+            for e in batch.entries:
+                if not e.ref.future.done():
+                    e.ref.future.set_exception(failure)
             return
-        elapsed = time.perf_counter() - t0
-        self._items_per_s = 0.8 * self._items_per_s + 0.2 * (n / max(elapsed, 1e-6)) if self._items_per_s else n / max(
-            elapsed, 1e-6
-        )
-        metrics.STAGE_DURATION.labels(endpoint, metrics.stage_of_op(op), bucket).observe(elapsed)
-        metrics.BATCHES.labels(endpoint, bucket, "ok").inc()
-        metrics.BATCH_ITEMS.labels(endpoint, bucket).inc(n)
-        metrics.BATCH_SIZE.labels(endpoint, bucket).observe(n)
-        metrics.BATCH_FILL.labels(endpoint, bucket).observe(n / self.policy.max_batch_size)
-        metrics.LAST_BATCH_TS.set(time.time())
-        self.batches.append(BatchRecord(op, n, reason))
-        for e, result in zip(batch, out, strict=True):
-            if not e.future.done():
-                e.future.set_result(result)
+        self.times.update(op, done.runtime_s, n)
+        self.batches.append(BatchRecord(op, n, batch.reason))
+        for e, result in zip(batch.entries, done.results, strict=True):
+            if not e.ref.future.done():
+                e.ref.future.set_result(result)
+
+    def _call(self, runtime: Runtime, op: Op, payloads: list[Array], key: Any) -> Executed:
+        """On the runtime thread: one watched core execution."""
+        self.watch.begin()
+        try:
+            return execute(runtime, op, payloads, cap=self.policy.cap(op), bucket=bucket_of(key))
+        finally:
+            self.watch.end()

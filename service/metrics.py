@@ -1,15 +1,22 @@
-"""Prometheus metrics: every ``evotok_*`` series, its labels and buckets, defined here and only here.
+"""Prometheus metrics: every ``evotok_*`` series of the API process *and* of the workers, defined here only.
 
 Names follow ``serving-reference.md`` section (d): base units, ``_total`` counters, histograms (not summaries),
-bounded label values. Label vocabulary used by this module:
+bounded label values. One label vocabulary, the same in the API process and in ``evotok worker``, so one
+dashboard query joins both:
 
-- ``endpoint``: ``encode`` | ``decode`` | ``embed`` | ``info`` | ``healthz`` | ``readyz`` | ``metrics`` | ``other``
-  (batcher ops map ``embed_image``/``embed_codes`` -> ``embed``)
-- ``stage``: ``decode_input`` (image/codes parsing + resize, API side) | ``encoder`` (runtime.encode: encoder +
-  quantizer) | ``decoder`` | ``semantic_decoder`` | ``encode_output`` (PNG/JSON/npy serialisation)
-- ``reason`` (rejections): ``queue_full`` | ``payload_too_large`` | ``invalid_input`` | ``deadline_exceeded`` |
-  ``cancelled`` | ``not_ready`` | ``unauthorized`` | ``worker_error`` | ``internal``
-- ``bucket``: the model input size as a string (one bucket per deployed model today)
+- ``op``: ``encode`` | ``decode`` | ``embed_image`` | ``embed_codes`` (the batching core's ops; every queue,
+  batch, stage and skip series)
+- ``stage``: ``decode_input`` (API: image/codes parsing + resize) | ``runtime`` (one batched runtime call) |
+  ``encode_output`` (API: PNG/JSON/npy serialisation)
+- ``outcome``: ``ok`` | ``error`` (batches, heartbeats)
+- ``endpoint`` (HTTP series only): ``encode`` | ``decode`` | ``embed`` | ``info`` | ``healthz`` | ``readyz`` |
+  ``metrics`` | ``other``
+- ``reason``: rejections ``queue_full`` | ``payload_too_large`` | ``invalid_input`` | ``deadline_exceeded`` |
+  ``cancelled`` | ``not_ready`` | ``unauthorized`` | ``worker_error`` | ``internal``; skipped items
+  ``deadline_exceeded`` | ``cancelled``; batch close ``full`` | ``delay`` | ``drain``; dead letters
+  ``malformed`` | ``poison``
+- ``state``: ``lag`` (waiting for a batch) | ``pending`` (in a running batch / delivered, not acked)
+- ``bucket``: the payload's leading spatial size (image side or code grid), a small fixed set
 
 Several uvicorn workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set *before* this module is imported,
 prometheus-client keeps values in per-process files and ``render()`` aggregates them (gauges declare how:
@@ -20,7 +27,9 @@ prometheus-client keeps values in per-process files and ``render()`` aggregates 
 from __future__ import annotations
 
 import os
-from typing import Final
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,9 +41,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from evotok.service.batcher import Op
-
-PRIORITY: Final = "interactive"  # the in-process batcher has one priority level
+if TYPE_CHECKING:
+    from evotok.service.core import Batch, Dropped, Op
 
 LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -43,7 +51,7 @@ BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RATIO_BUCKETS: Final = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 BYTES_BUCKETS: Final = tuple(float(2**k) for k in range(8, 27, 2))  # 256 B .. 64 MiB
 
-# --- API replica ------------------------------------------------------------------------------------
+# --- HTTP (API process) -----------------------------------------------------------------------------
 HTTP_REQUESTS = Counter("evotok_http_requests", "HTTP requests answered", ["endpoint", "code"])
 HTTP_DURATION = Histogram(
     "evotok_http_request_duration_seconds", "Request time as seen by the server", ["endpoint"], buckets=LATENCY_BUCKETS
@@ -55,44 +63,57 @@ PAYLOAD_BYTES = Histogram(
     "evotok_request_payload_bytes", "Request/response body sizes", ["endpoint", "direction"], buckets=BYTES_BUCKETS
 )
 REJECTIONS = Counter("evotok_admission_rejections", "Requests refused, by reason", ["endpoint", "reason"])
-DEADLINE_EXCEEDED = Counter(
-    "evotok_request_deadline_exceeded", "Requests past their deadline", ["endpoint", "where"]
-)
 CLIENT_DISCONNECTS = Counter("evotok_client_disconnects", "Clients gone before their answer", ["endpoint"])
+DEADLINE_EXCEEDED = Counter(
+    "evotok_request_deadline_exceeded", "Items past their deadline, by where it was seen", ["op", "where"]
+)
 
-# --- queue ------------------------------------------------------------------------------------------
+# --- queue (in-process queue, or the Redis streams as a worker sees them) ---------------------------
 QUEUE_ENTRIES = Gauge(
-    "evotok_queue_entries",
-    "Admitted items: lag = waiting for a batch, pending = in a running batch",
-    ["endpoint", "priority", "state"],
-    multiprocess_mode="livesum",
+    "evotok_queue_entries", "Queued items: lag = waiting for a batch, pending = in a batch / delivered, not acked",
+    ["op", "state"], multiprocess_mode="livesum",
 )
+QUEUE_BYTES = Gauge("evotok_queue_bytes", "Admission byte counter (payload bytes admitted, not acked)", ["op"],
+                    multiprocess_mode="livemax")
 QUEUE_OLDEST_AGE = Gauge(
-    "evotok_queue_oldest_age_seconds", "Age of the oldest waiting item", ["endpoint", "priority"],
-    multiprocess_mode="livemax",
+    "evotok_queue_oldest_age_seconds", "Age of the oldest waiting item", ["op"], multiprocess_mode="livemax"
 )
-QUEUE_WAIT = Histogram(
-    "evotok_queue_wait_seconds", "Admission -> picked into a batch", ["endpoint", "priority"], buckets=LATENCY_BUCKETS
-)
+QUEUE_WAIT = Histogram("evotok_queue_wait_seconds", "Enqueued -> picked into a batch", ["op"], buckets=LATENCY_BUCKETS)
+REDELIVERIES = Counter("evotok_redeliveries", "Entries reclaimed from another (or a dead) consumer", ["op"])
+DEAD_LETTERS = Counter("evotok_dead_letters", "Entries moved to the dead-letter stream", ["op", "reason"])
 
-# --- batches (in-process batcher or worker) ---------------------------------------------------------
-BATCHES = Counter("evotok_batches", "Batches run", ["endpoint", "bucket", "outcome"])
-BATCH_ITEMS = Counter("evotok_batch_items", "Items run in batches", ["endpoint", "bucket"])
-BATCH_SIZE = Histogram("evotok_batch_size", "Items per batch", ["endpoint", "bucket"], buckets=BATCH_BUCKETS)
-BATCH_FILL = Histogram(
-    "evotok_batch_fill_ratio", "Batch size / max_batch_size", ["endpoint", "bucket"], buckets=RATIO_BUCKETS
-)
+# --- batches (the batching core, in process or in a worker) -----------------------------------------
+BATCHES = Counter("evotok_batches", "Runtime batches run", ["op", "bucket", "outcome"])
+BATCH_ITEMS = Counter("evotok_batch_items", "Items run in batches", ["op", "bucket"])
+BATCH_SIZE = Histogram("evotok_batch_size", "Items per batch", ["op", "bucket"], buckets=BATCH_BUCKETS)
+BATCH_FILL = Histogram("evotok_batch_fill_ratio", "Batch size / the op's batch cap", ["op", "bucket"],
+                       buckets=RATIO_BUCKETS)
 BATCH_FORMATION = Histogram(
-    "evotok_batch_formation_seconds", "First item picked -> batch closed", ["endpoint"], buckets=LATENCY_BUCKETS
+    "evotok_batch_formation_seconds", "First item enqueued -> batch closed", ["op"], buckets=LATENCY_BUCKETS
 )
-BATCH_CLOSE_REASON = Counter("evotok_batch_close_reason", "Why batches closed", ["endpoint", "reason"])
+BATCH_CLOSE_REASON = Counter("evotok_batch_close_reason", "Why batches closed", ["op", "reason"])
+BATCH_CAP = Gauge("evotok_batch_cap", "Effective batch cap per op (measured at warm-up when auto)", ["op"],
+                  multiprocess_mode="livemax")
 STAGE_DURATION = Histogram(
-    "evotok_stage_duration_seconds", "Time per stage", ["endpoint", "stage", "bucket"], buckets=LATENCY_BUCKETS
+    "evotok_stage_duration_seconds", "Time per stage", ["op", "stage", "bucket"], buckets=LATENCY_BUCKETS
 )
-ITEMS_SKIPPED = Counter("evotok_items_skipped", "Items dropped at batch formation", ["endpoint", "reason"])
+ITEMS_SKIPPED = Counter("evotok_items_skipped", "Items dropped at batch formation", ["op", "reason"])
 LAST_BATCH_TS = Gauge(
     "evotok_worker_last_batch_timestamp_seconds", "Unix time of the last finished batch", multiprocess_mode="livemax"
 )
+RUNTIME_CALL_AGE = Gauge(
+    "evotok_runtime_call_age_seconds", "How long the runtime call in progress has run (0 when idle)",
+    multiprocess_mode="livemax",
+)
+
+# --- workers ----------------------------------------------------------------------------------------
+WORKER_READY = Gauge("evotok_worker_ready", "1 when the runtime is loaded and Redis is reachable",
+                     multiprocess_mode="livesum")
+HEARTBEATS = Counter("evotok_worker_heartbeats", "Heartbeats written by this worker", ["outcome"])
+LIVE_WORKERS = Gauge("evotok_workers_live", "Workers with a heartbeat inside the liveness window",
+                     multiprocess_mode="livemax")
+REDIS_RECONNECTS = Counter("evotok_redis_reconnects", "Redis connection losses survived")
+CONSUMERS_REMOVED = Counter("evotok_dead_consumers_removed", "Dead consumers (idle, nothing pending) removed")
 
 # --- startup / model --------------------------------------------------------------------------------
 ENGINE_LOAD = Gauge("evotok_engine_load_seconds", "Runtime load time", ["stage"], multiprocess_mode="livemax")
@@ -111,12 +132,6 @@ BUILD_INFO = Gauge(
     multiprocess_mode="max",
 )
 
-_OP_ENDPOINT: Final[dict[str, str]] = {
-    "encode": "encode", "decode": "decode", "embed_image": "embed", "embed_codes": "embed",
-}
-_STAGE_OF_OP: Final[dict[str, str]] = {
-    "encode": "encoder", "decode": "decoder", "embed_image": "semantic_decoder", "embed_codes": "semantic_decoder",
-}
 _REASON_OF_CODE: Final[dict[str, str]] = {
     "queue_full": "queue_full",
     "payload_too_large": "payload_too_large",
@@ -130,17 +145,39 @@ _REASON_OF_CODE: Final[dict[str, str]] = {
 }
 
 
-def endpoint_of_op(op: Op | str) -> str:
-    return _OP_ENDPOINT.get(op, "other")
-
-
-def stage_of_op(op: Op | str) -> str:
-    return _STAGE_OF_OP.get(op, "other")
-
-
 def reason_of_code(code: str) -> str:
     """Error code (errors.py) -> bounded ``reason`` label; every 4xx input problem is ``invalid_input``."""
     return _REASON_OF_CODE.get(code, "invalid_input")
+
+
+# --- what the batching core records (both adapters call these, so both report the same way) ---------------
+def observe_batch(op: Op, bucket: str, n: int, cap: int, seconds: float, *, ok: bool) -> None:
+    """One runtime call of ``n`` items."""
+    BATCHES.labels(op, bucket, "ok" if ok else "error").inc()
+    if not ok:
+        return
+    BATCH_ITEMS.labels(op, bucket).inc(n)
+    BATCH_SIZE.labels(op, bucket).observe(n)
+    BATCH_FILL.labels(op, bucket).observe(min(1.0, n / max(1, cap)))
+    STAGE_DURATION.labels(op, "runtime", bucket).observe(seconds)
+    LAST_BATCH_TS.set(time.time())
+
+
+def observe_formed(batch: Batch[Any], now: float) -> None:
+    """A batch closed at ``now`` (the adapter's clock, the same as the entries' times)."""
+    op = batch.op
+    BATCH_CLOSE_REASON.labels(op, batch.reason).inc()
+    BATCH_FORMATION.labels(op).observe(max(0.0, now - batch.opened))
+    for e in batch.entries:
+        QUEUE_WAIT.labels(op).observe(max(0.0, now - e.enqueued))
+
+
+def observe_dropped(dropped: Iterable[Dropped[Any]], where: str) -> None:
+    """Entries skipped at batch formation (``where``: ``queue`` in process, ``worker`` in a worker)."""
+    for d in dropped:
+        ITEMS_SKIPPED.labels(d.entry.op, d.reason).inc()
+        if d.reason == "deadline_exceeded":
+            DEADLINE_EXCEEDED.labels(d.entry.op, where).inc()
 
 
 def multiprocess_dir() -> str | None:

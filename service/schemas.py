@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -51,8 +53,12 @@ class InfoResponse(BaseModel):
     providers: list[str]
     semantic_by_depth: list[float]
     queue: str = Field(description="inprocess | redis")
-    max_batch_size: int
+    max_batch_size: int = Field(description="upper bound of a batch (EVOTOK_MAX_BATCH_SIZE)")
     max_queue_delay_ms: float
+    batch_cap: str | int = Field("auto", description="EVOTOK_BATCH_CAP: auto (measured at warm-up) or fixed")
+    batch_caps: dict[str, Any] | None = Field(
+        None, description="per op: the effective cap and the per-item ms by batch size it was chosen from "
+        "(null where this process holds no Runtime, i.e. EVOTOK_QUEUE=redis: see the workers' evotok_batch_cap)")
 
 
 class HealthResponse(BaseModel):

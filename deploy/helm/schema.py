@@ -22,7 +22,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "evotok" / "values.schema.json"
 
 # JSON-schema keywords carried over from pydantic's schema of each field; the rest (title, default,
 # format, writeOnly) describe Python, not chart values.
-_KEEP = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "items", "description")
+_KEEP = ("type", "enum", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "items", "description")
 
 # Chart-level meaning of empty values (documented in values.yaml).
 _CHART_NOTES = {

@@ -20,14 +20,16 @@ class BatchLoopDead(ServiceError):
 @router.get(
     "/healthz",
     summary="Liveness",
-    description="200 while the event loop answers and the batch loop runs (never depends on the model load).",
+    description="200 while the event loop answers, the batch loop runs and no runtime call has hung longer than "
+    "`EVOTOK_RUNTIME_HANG_S` (never depends on the model load); 503 `batch_loop_dead` otherwise, so the "
+    "orchestrator restarts the process.",
     response_model=HealthResponse,
     responses=openapi_errors(503),
 )
 async def healthz(request: Request) -> dict[str, str]:
-    batcher = get_state(request).batcher
-    if getattr(batcher, "alive", True) is False and get_state(request).phase not in ("starting", "draining"):
-        raise BatchLoopDead("the batch loop has stopped; restart the process")
+    problem = get_state(request).batcher.liveness_problem()
+    if problem is not None:
+        raise BatchLoopDead(problem)
     return {"status": "ok"}
 
 
@@ -57,8 +59,6 @@ async def readyz(request: Request) -> dict[str, object]:
 async def metrics_endpoint(request: Request) -> Response:
     state = get_state(request)
     metrics.READY.set(1 if state.not_ready_reason() is None else 0)
-    publish = getattr(state.batcher, "publish_gauges", None)  # refresh queue ages at scrape time
-    if callable(publish):
-        publish()
+    state.batcher.publish_gauges()  # refresh queue ages at scrape time
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)

@@ -131,6 +131,7 @@ def queue_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
         "EVOTOK_WORKER_HEARTBEAT_S": "1.0",
         "EVOTOK_WORKER_CLAIM_IDLE_MS": "1000",
         "EVOTOK_MAX_BATCH_SIZE": "8",
+        "EVOTOK_BATCH_CAP": "1024",  # fixed at EVOTOK_MAX_BATCH_SIZE: no per-size timing of slow fake runtimes
         "EVOTOK_MAX_QUEUE_DELAY_MS": "5",
         "EVOTOK_LOG_LEVEL": "warning",
         "PYTHONUNBUFFERED": "1",

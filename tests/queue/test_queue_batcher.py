@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from evotok.export.fake import FakeRuntime
+from evotok.service.core import run_op
 from evotok.service.errors import BackendError, DeadlineExceeded, NotReady, Overloaded
 from evotok.service.redis_protocol import DELIVER_LUA, GROUP, Keys
 from evotok.service.redis_queue import RedisBatcher
 from evotok.service.settings import Settings
-from evotok.service.worker import run_op
 from tests.queue.queue_harness import RedisServer, WorkerProc, metric_sum, queue_env, wait_live_workers
 
 pytestmark = pytest.mark.redis
@@ -92,8 +92,8 @@ async def test_results_equal_direct_runtime_for_every_op(redis_server: RedisServ
             assert got.dtype == want.dtype and got.shape == want.shape, op
             np.testing.assert_array_equal(got, want)
         metrics = worker.metrics()
-        batches = metric_sum(metrics, "evotok_batch_size_count", endpoint="encode")
-        assert metric_sum(metrics, "evotok_batch_items_total", endpoint="encode") == 12
+        batches = metric_sum(metrics, "evotok_batch_size_count", op="encode")
+        assert metric_sum(metrics, "evotok_batch_items_total", op="encode") == 12
         assert 1 <= batches < 12, "encode items were not batched"
         assert metric_sum(metrics, "evotok_worker_ready") == 1
         assert b.stats().ready and b.stats().in_flight == 0
@@ -169,8 +169,8 @@ async def test_expired_and_cancelled_entries_are_skipped(redis_server: RedisServ
                 await asyncio.sleep(0.05)
             assert c.xlen(keys.work("encode")) == 0 and c.xlen(keys.work("decode")) == 0
             metrics = worker.metrics()
-            assert metric_sum(metrics, "evotok_items_skipped_total", endpoint="decode", reason="cancelled") == 1
-            assert metric_sum(metrics, "evotok_items_skipped_total", endpoint="encode") == 1
+            assert metric_sum(metrics, "evotok_items_skipped_total", op="decode", reason="cancelled") == 1
+            assert metric_sum(metrics, "evotok_items_skipped_total", op="encode") == 1
             assert metric_sum(metrics, "evotok_batches_total") == 0  # nothing reached the runtime
             assert int(c.get(keys.bytes("encode")) or 0) == 0
         finally:
@@ -206,8 +206,8 @@ async def test_poison_entry_goes_to_dead_letters_with_error_reply(redis_server: 
             assert len(dlq) == 1 and dlq[0][1][b"reason"] == b"poison"
             assert c.xlen(keys.work("encode")) == 0
             metrics = worker.metrics()
-            assert metric_sum(metrics, "evotok_dead_letters_total", endpoint="encode", reason="poison") == 1
-            assert metric_sum(metrics, "evotok_redeliveries_total", endpoint="encode") == 1
+            assert metric_sum(metrics, "evotok_dead_letters_total", op="encode", reason="poison") == 1
+            assert metric_sum(metrics, "evotok_redeliveries_total", op="encode") == 1
         finally:
             worker.stop()
     finally:

@@ -63,9 +63,9 @@ def test_concurrent_requests_are_batched(server: Server) -> None:
     responses = asyncio.run(_burst(server.url, 64, 32))
     assert all(r.status_code == 200 for r in responses)
     text = httpx.get(f"{server.url}/metrics").text
-    count = metric_values(text, "evotok_batch_size_count", endpoint="encode")[0]
-    total = metric_values(text, "evotok_batch_size_sum", endpoint="encode")[0]
-    at_most_one = metric_values(text, "evotok_batch_size_bucket", endpoint="encode", le="1.0")[0]
+    count = metric_values(text, "evotok_batch_size_count", op="encode")[0]
+    total = metric_values(text, "evotok_batch_size_sum", op="encode")[0]
+    at_most_one = metric_values(text, "evotok_batch_size_bucket", op="encode", le="1.0")[0]
     assert total >= 64
     assert total / count > 1.5, (total, count)  # average batch well above 1
     assert at_most_one < count  # some batches had more than one item

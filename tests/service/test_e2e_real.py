@@ -113,8 +113,8 @@ def test_concurrent_requests_are_batched(server: Server) -> None:
 
     assert set(asyncio.run(burst())) == {200}
     text = httpx.get(f"{server.url}/metrics").text
-    count = metric_values(text, "evotok_batch_size_count", endpoint="encode")[0]
-    le1 = metric_values(text, "evotok_batch_size_bucket", endpoint="encode", le="1.0")[0]
+    count = metric_values(text, "evotok_batch_size_count", op="encode")[0]
+    le1 = metric_values(text, "evotok_batch_size_bucket", op="encode", le="1.0")[0]
     assert le1 < count  # at least one batch held more than one image
     info = httpx.get(f"{server.url}/info").json()
     card = json.loads((WEIGHTS / "config.json").read_text())

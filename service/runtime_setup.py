@@ -1,0 +1,114 @@
+"""The one place a Runtime is built and prepared from ``Settings``, for the API process and the workers alike.
+
+``build_runtime(settings)`` turns the settings into the backend's options (``runtime_options``: providers, cache
+dir, precision, threads) so both processes construct an identical Runtime. ``prepare_runtime`` then warms it,
+runs the golden self-test and sets the batch caps (measured when ``EVOTOK_BATCH_CAP=auto``, see
+``autocap.py``); its result also seeds the per-op batch time estimates that deadline drops and admission use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from evotok.export.runtime import Runtime
+from evotok.export.types import SelfTestResult
+from evotok.service import metrics
+from evotok.service.autocap import CapChoice, measure
+from evotok.service.core import OPS, BatchPolicy, Op
+from evotok.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def runtime_options(settings: Settings) -> dict[str, Any]:
+    """Backend options from settings; the same dict in every process (the TensorRT precision drift lived here)."""
+    if settings.backend == "onnxruntime":
+        options: dict[str, Any] = {
+            "providers": ("cuda", "cpu") if settings.device == "cuda" else ("cpu",),
+            "cache_dir": settings.cache_dir,
+        }
+        if settings.threads:
+            options["threads"] = settings.threads
+        if settings.precision != "fp32":
+            options["precision"] = settings.precision  # OrtRuntime refuses what its providers cannot run
+        return options
+    if settings.backend == "torch":
+        return {"device": settings.device, "precision": settings.precision}
+    return {"precision": settings.precision, "cache_dir": settings.cache_dir}
+
+
+def build_runtime(settings: Settings, fake: bool = False, fake_delay_ms: float = 0.0,
+                  fake_cost_ms: tuple[float, float] | None = None) -> Runtime:
+    """The configured backend over ``settings.weights``; or, for tests and ``bench --fake``, a FakeRuntime
+    whose batch of ``B`` items costs ``fake_delay_ms`` or ``A + B * b`` ms with ``fake_cost_ms = (A, b)``."""
+    if fake:
+        from evotok.export.fake import FakeRuntime
+
+        return FakeRuntime(delay_s=fake_delay_ms / 1000, cost_ms=fake_cost_ms)
+    from evotok.export import runtime as runtime_module
+
+    return runtime_module.load_runtime(settings.weights, settings.backend, **runtime_options(settings))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What preparing a Runtime found: the policy to batch with, batch times, the self-test, timings."""
+
+    policy: BatchPolicy
+    caps: dict[Op, CapChoice]  # per op: measured per-item times and the chosen cap
+    self_test: SelfTestResult
+    details: dict[str, float] = field(default_factory=dict)  # warmup_s, self_test_s, cap_s
+
+    def batch_s(self) -> dict[Op, float]:
+        """Measured seconds of one batch at each op's cap (first estimate of deadline drops / admission)."""
+        return {op: c.item_s[c.cap] * c.cap for op, c in self.caps.items() if c.cap in c.item_s}
+
+    def caps_dict(self) -> dict[str, Any]:
+        return {op: c.to_dict() for op, c in self.caps.items()}
+
+
+def base_policy(settings: Settings) -> BatchPolicy:
+    return BatchPolicy(settings.max_batch_size, settings.max_queue_delay_ms / 1000.0)
+
+
+def prepare_runtime(runtime: Runtime, settings: Settings,
+                    phase: Callable[[str], None] = lambda _p: None) -> Prepared:
+    """Warm up, golden self-test, batch caps. Blocking: run it on the runtime thread (in process) or before
+    the worker loop starts. ``phase`` is told ``warming`` / ``self-test`` / ``batch-cap`` as each begins."""
+    details: dict[str, float] = {}
+    policy = base_policy(settings)
+    phase("warming")
+    t0 = time.perf_counter()
+    runtime.warmup(sorted({min(b, settings.max_batch_size) for b in settings.warmup_batch_sizes}))
+    details["warmup_s"] = time.perf_counter() - t0
+    metrics.WARMUP.labels("runtime").set(details["warmup_s"])
+
+    phase("self-test")
+    t0 = time.perf_counter()
+    result = runtime.self_test(threshold=settings.self_test_threshold)
+    details["self_test_s"] = time.perf_counter() - t0
+    info = runtime.info
+    metrics.CODE_AGREEMENT.labels(info.weights_hash[:12], str(info.image_size)).set(result.agreement)
+    if not result.passed:
+        return Prepared(policy, {}, result, details)
+
+    phase("batch-cap")
+    t0 = time.perf_counter()
+    auto = settings.batch_cap == "auto" and settings.max_batch_size > 1
+    if auto:
+        caps = measure(runtime, settings.max_batch_size, repeats=2, min_gain=settings.batch_cap_min_gain)
+    else:
+        fixed = settings.max_batch_size if settings.batch_cap == "auto" else min(int(settings.batch_cap),
+                                                                                 settings.max_batch_size)
+        caps = measure(runtime, fixed, repeats=1, sizes=[fixed], warm=False)
+    details["batch_cap_s"] = time.perf_counter() - t0
+    policy = policy.with_caps({op: c.cap for op, c in caps.items()})
+    for op in OPS:
+        metrics.BATCH_CAP.labels(op).set(policy.cap(op))
+    log.info("batch caps (%s, upper bound %d): %s", "auto" if auto else "fixed", settings.max_batch_size,
+             ", ".join(f"{op} {c.cap} ({1000 * c.item_s[c.cap]:.1f} ms/item)" for op, c in caps.items()))
+    return Prepared(policy, caps, result, details)
