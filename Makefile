@@ -29,11 +29,14 @@ serve: venv
 
 test: venv system-deps
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	scripts/typecheck.sh
 	$(BIN)/pytest -m "not gpu" -q
 
+typecheck: venv
+	scripts/typecheck.sh
+
 lint: venv
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && scripts/typecheck.sh
 
 data: venv
 	$(BIN)/evotok data
