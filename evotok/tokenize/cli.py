@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from evotok.tokenize.local import TokenizeConfig, tokenize
 from evotok.tokenize.report import RunReport
@@ -56,7 +57,8 @@ class BackendSpec:
             options["device"] = self.device
             if self.threads:
                 options["threads"] = self.threads
-        return LocalBackend(load_runtime(self.weights, self.backend, **options))  # type: ignore[arg-type]
+        backend: Any = self.backend  # one of load_runtime's names; it refuses others with the valid list
+        return LocalBackend(load_runtime(self.weights, backend, **options))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -132,10 +134,12 @@ def main(argv: list[str], backend_factory: BackendFactory | None = None) -> int:
         concurrency=args.concurrency,
         weights=args.weights,
         backend=args.backend,
-        device=args.device or ("cuda" if args.num_gpus > 0 else "cpu"),
+        device=factory_device(args),
         threads=args.threads
         or (max(1, int(args.num_cpus)) if args.engine == "ray" and args.num_gpus == 0 else None),
     )
+    if args.engine == "torchrun" and factory_device(args) == "cuda":
+        pin_local_gpu()
     from evotok.client import EvoTokError
 
     try:
@@ -158,6 +162,20 @@ def main(argv: list[str], backend_factory: BackendFactory | None = None) -> int:
     prefix = f"rank {rank}/{world}" if report.engine == "torchrun" else report.engine
     sys.stdout.write(f"{prefix}: {report.summary()}\n")
     return 0
+
+
+def factory_device(args: argparse.Namespace) -> str:
+    return str(args.device or ("cuda" if args.num_gpus > 0 else "cpu"))
+
+
+def pin_local_gpu() -> None:
+    """Under torchrun, give each rank its own GPU (``LOCAL_RANK``-th visible device) before CUDA starts;
+    the runtimes then use device 0 of what they see. Ray does this for its actors itself."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is None:
+        return
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[int(local) % len(visible)] if visible else local
 
 
 def _run_local(cfg: TokenizeConfig, factory: BackendFactory) -> RunReport:

@@ -295,7 +295,9 @@ def open_source(
     if kind == "folder":
         if len(paths) != 1 or not dirs:
             raise ValueError("a folder source is exactly one directory")
-        return Source("folder", paths[0], list_images(paths[0]))
+        return Source(
+            "folder", paths[0].resolve(), list_images(paths[0])
+        )  # absolute: Ray tasks run elsewhere
     suffix = ".tar" if kind == "webdataset" else ".parquet"
     files: list[Path] = []
     for p in paths:

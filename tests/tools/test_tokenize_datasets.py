@@ -9,6 +9,7 @@ Interruptions: in process (an exception after a chunk) for every format, and a r
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from tests.tools.tokenize_data import (
     read_failures,
     run_cli,
     snapshot,
+    start_cli,
     write_parquet_datasets,
     write_parquet_pyarrow,
     write_photos,
@@ -264,3 +266,44 @@ def test_docs_read_back_snippets_run(data: dict[str, Any], reference: dict[str, 
         assert done.returncode == 0, done.stderr[-3000:]
         key, shape = done.stdout.strip().split(" ", 1)
         assert key == first_key and shape in ("(16, 16, 16)", "(16, 16, 4)"), done.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_match_one_process(data: dict[str, Any], tmp_path: Path) -> None:
+    """Two ranks (RANK / WORLD_SIZE as torchrun sets them) into one folder == one local process."""
+    args = [*data["specs"]["parquet-datasets"], "--format", "webdataset", "--shard-size", str(SHARD)]
+    args += [
+        "--chunk-size",
+        str(CHUNK),
+        "--no-progress",
+        "--engine",
+        "torchrun",
+        "--out",
+        str(tmp_path / "ranks"),
+    ]
+    ranks = [start_cli(*args, env={"RANK": str(r), "WORLD_SIZE": "2"}) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], outs
+    assert outs[0][0].startswith("rank 0/2:") and "wrote 2 shards" in outs[0][0], outs[0]
+    assert outs[1][0].startswith("rank 1/2:") and "wrote 1 shards" in outs[1][0], outs[1]
+    run(data["specs"]["parquet-datasets"], tmp_path / "one", "webdataset")
+    assert snapshot(tmp_path / "ranks") == snapshot(tmp_path / "one")
+    alone = run_cli(*args)  # without torchrun's environment
+    assert alone.returncode == 2 and "runs under torchrun" in alone.stderr
+
+
+@pytest.mark.parametrize(
+    ("local_rank", "visible", "expected"), [("3", None, "3"), ("1", "4,5,6,7", "5"), (None, "2", "2")]
+)
+def test_torchrun_ranks_get_their_own_gpu(
+    monkeypatch: pytest.MonkeyPatch, local_rank: str | None, visible: str | None, expected: str
+) -> None:
+    from evotok.tokenize.cli import pin_local_gpu
+
+    for name, value in (("LOCAL_RANK", local_rank), ("CUDA_VISIBLE_DEVICES", visible)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    pin_local_gpu()
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == expected

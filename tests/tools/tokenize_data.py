@@ -163,6 +163,17 @@ def run_cli(*args: str, delay_s: float = 0.0, timeout: float = 300) -> subproces
     )
 
 
+def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        cli_command(*args),
+        env={**cli_env(), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
 def kill_midway(out: Path, *args: str, delay_s: float, chunks_before_kill: int, timeout: float = 180) -> None:
     """Start the CLI, SIGKILL it once ``chunks_before_kill`` chunks are persisted (shards count as theirs)."""
     proc = subprocess.Popen(
