@@ -1,18 +1,25 @@
-"""Service benchmark: the same model and backend served with batching off (max_batch_size=1) vs on, a
-closed-loop concurrency sweep (1..32 clients), and the runtime's own best batched throughput without HTTP.
+"""Service benchmark over HTTP: batching off vs on vs auto, on the in-process path and the Redis path, side by side.
 
 Usage::
 
-    evotok bench service                               # shipped model, ONNX Runtime CPU, POST /encode
-    evotok bench service --concurrency 1,8,32 --duration 10 --max-batch-size 16 --json bench.json
-    evotok bench service --fake                        # FakeRuntime (checks the harness, not a model)
+    evotok bench service                                     # shipped model, ONNX Runtime CPU, in process
+    evotok bench service --configs off,auto --concurrency 1,2,4,8,16,32 --json bench.json
+    evotok bench service --fake --fake-cost-ms 20,1 --paths inprocess,redis --configs off,on
 
-Each configuration runs in its own uvicorn server subprocess (``python bench/service_bench.py _serve``) on a
-free port; the load generator is this process (httpx, one connection per client). Every request posts the same
-256x256 PNG photo (scikit-image ``chelsea``, centre-cropped), so image decoding is part of the served cost.
-Reported per configuration and concurrency: throughput (images/s), p50/p95/p99 latency (ms), error count and
-the server's mean batch size (from ``/metrics``). The runtime limit is ``max over B of B / t(encode(B))``
-measured in this process after the servers have stopped. Prints a markdown table; ``--json`` writes all numbers.
+Configurations: ``off`` (``EVOTOK_MAX_BATCH_SIZE=1``), ``on`` (the cap fixed at ``--max-batch-size``), ``auto``
+(``--max-batch-size`` as the upper bound, ``EVOTOK_BATCH_CAP=auto``: measured at warm-up). Paths: ``inprocess``
+(one uvicorn server holding the runtime) and ``redis`` (a private ``redis-server`` without persistence, one
+``evotok worker`` process and a uvicorn API with ``EVOTOK_QUEUE=redis``), all started as subprocesses on free
+ports and stopped by PID. ``--fake`` serves ``FakeRuntime`` (64 px model card); ``--fake-cost-ms A,B`` makes a
+runtime call of ``B`` items cost ``A + B*b`` ms (GPU-like).
+
+The load generator is this process (a minimal asyncio HTTP/1.1 client, closed loop, one keep-alive
+connection per client); every request posts the
+same PNG photo (scikit-image ``chelsea``, centre-cropped to the model size). Reported per path, configuration
+and concurrency: throughput, p50/p95/p99 latency, errors, the server's mean batch size (``/metrics``), and the
+CPU seconds spent by the client (this process, ``getrusage``) and by the servers (``/proc/<pid>/stat``) during
+the level. The runtime limit is ``max over B of B / t(encode(B))`` measured in this process after the servers
+stopped. Prints markdown tables; the last line gives the on/off ratios at the highest concurrency per path.
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ import asyncio
 import io
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +48,8 @@ REPO = HERE.parent.parent
 
 @dataclass
 class Level:
-    config: str  # "off" | "on"
+    path: str  # "inprocess" | "redis"
+    config: str  # "off" | "on" | "auto"
     max_batch_size: int
     concurrency: int
     requests: int
@@ -50,14 +60,24 @@ class Level:
     p95_ms: float
     p99_ms: float
     mean_batch: float  # server-side mean batch size during this level
+    client_cpu_s: float  # CPU seconds of the load generator (this process) during the level
+    server_cpu_s: float  # CPU seconds of the server processes (API + worker) during the level
 
 
-# --- the server subprocess ------------------------------------------------------------------------------------
+# --- the server subprocesses ------------------------------------------------------------------------------------
+def _cost(value: str) -> tuple[float, float] | None:
+    if not value:
+        return None
+    x, y = (float(v) for v in value.split(","))
+    return x, y
+
+
 def _serve(argv: list[str]) -> int:
+    """The in-process server: ``create_app`` over the configured runtime or a FakeRuntime."""
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--fake", action="store_true")
-    p.add_argument("--fake-delay-ms", type=float, default=20.0)
+    p.add_argument("--fake-cost-ms", default="")
     args = p.parse_args(argv)
     import uvicorn
 
@@ -67,18 +87,9 @@ def _serve(argv: list[str]) -> int:
     factory = None
     if args.fake:
         from evotok.export.fake import FakeRuntime
-        from evotok.export.types import SelfTestResult
 
-        class BenchFake(FakeRuntime):
-            """FakeRuntime whose per-batch cost is ``delay + 10 % of delay per extra item`` (harness check only)."""
-
-            def _sleep(self, n: int) -> None:
-                time.sleep(args.fake_delay_ms / 1000 * (1 + 0.1 * (n - 1)))
-
-            def self_test(self, golden_path: Path | None = None, threshold: float = 1.0) -> SelfTestResult:
-                return SelfTestResult(1.0, (1.0,), None, 0, True, threshold, {"reason": "fake runtime"})
-
-        factory = lambda: BenchFake(image_size=256, grid=16, num_depths=16)  # noqa: E731
+        cost = _cost(args.fake_cost_ms)
+        factory = lambda: FakeRuntime(cost_ms=cost)  # noqa: E731
     uvicorn.run(create_app(Settings(), runtime_factory=factory), host="127.0.0.1", port=args.port,
                 log_level="warning")
     return 0
@@ -90,34 +101,122 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_server(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "EVOTOK_MAX_BATCH_SIZE": str(max_batch),
-           "EVOTOK_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms), "EVOTOK_BACKEND": args.backend,
-           "EVOTOK_WARMUP_BATCH_SIZES": json.dumps(sorted({1, max_batch})), "EVOTOK_MAX_QUEUE_SIZE": "1024"}
+class Servers:
+    """The processes of one path/configuration (stopped by PID in ``stop``)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.redis_pid: int | None = None
+        self.url = ""
+        self.worker_metrics: str | None = None  # the worker's metrics port (Redis path: batches run there)
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for proc in self.procs:
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop(proc)
+        if self.redis_pid is not None:
+            os.kill(self.redis_pid, signal.SIGTERM)
+
+
+def _env(args: argparse.Namespace, config: str) -> dict[str, str]:
+    max_batch = 1 if config == "off" else args.max_batch_size
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOTOK_")}
+    env.update({"PYTHONPATH": str(REPO), "EVOTOK_MAX_BATCH_SIZE": str(max_batch),
+                "EVOTOK_BATCH_CAP": "auto" if config == "auto" else str(max_batch),
+                "EVOTOK_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms), "EVOTOK_BACKEND": args.backend,
+                "EVOTOK_WARMUP_BATCH_SIZES": json.dumps(sorted({1, max_batch})), "EVOTOK_MAX_QUEUE_SIZE": "1024",
+                "EVOTOK_LOG_LEVEL": "warning"})
     if args.weights:
         env["EVOTOK_WEIGHTS"] = args.weights
     if args.threads:
         env["EVOTOK_THREADS"] = str(args.threads)
-    cmd = [sys.executable, str(HERE), "_serve", "--port", str(port)]
-    if args.fake:
-        cmd += ["--fake", "--fake-delay-ms", str(args.fake_delay_ms)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-    url = f"http://127.0.0.1:{port}"
+    return env
+
+
+def _fake_card(folder: Path) -> Path:
+    """A model folder with only ``config.json`` describing ``FakeRuntime()`` (the Redis-mode API reads it)."""
+    from evotok.export.fake import FakeRuntime
+    from evotok.model.config import EvoTokConfig, PixelDecoderConfig, QuantizerConfig, SemanticDecoderConfig
+
+    info = FakeRuntime().info
+    cfg = EvoTokConfig(
+        name=info.name, image_size=info.image_size, grid=info.grid, latent_dim=8,
+        quantizer=QuantizerConfig(num_depths=info.num_depths, codebook_size=info.codebook_size, dim=8),
+        pixel_decoder=PixelDecoderConfig(depth=info.pixel_depth, ch_mult=(1, 1, 1, 1, 1)),
+        semantic_decoder=SemanticDecoderConfig(depth=info.semantic_depth, out_dim=info.semantic_dim),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"name": info.name, "hash": info.weights_hash,
+                                                    "config": cfg.to_dict()}))
+    return folder
+
+
+def _wait_ready(servers: Servers, url: str, timeout_s: float) -> None:
     import httpx
 
-    end = time.monotonic() + args.startup_timeout
+    end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+        for proc in servers.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a server process exited with {proc.returncode}")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    proc.kill()
     raise TimeoutError("server did not become ready")
+
+
+def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> Servers:
+    servers = Servers()
+    env = _env(args, config)
+    port = _free_port()
+    servers.url = f"http://127.0.0.1:{port}"
+    try:
+        if path == "inprocess":
+            cmd = [sys.executable, str(HERE), "_serve", "--port", str(port)]
+            if args.fake:
+                cmd += ["--fake", "--fake-cost-ms", args.fake_cost_ms]
+            servers.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env))
+        else:
+            rport = _free_port()
+            rdir = Path(tempfile.mkdtemp(dir=workdir))
+            subprocess.run(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--daemonize", "yes",
+                            "--save", "", "--appendonly", "no", "--dir", str(rdir), "--pidfile",
+                            str(rdir / "redis.pid"), "--logfile", str(rdir / "redis.log")], check=True)
+            for _ in range(500):
+                if (rdir / "redis.pid").exists() and (rdir / "redis.pid").read_text().strip():
+                    servers.redis_pid = int((rdir / "redis.pid").read_text())
+                    break
+                time.sleep(0.02)
+            env.update({"EVOTOK_QUEUE": "redis", "EVOTOK_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
+                        "EVOTOK_REDIS_MAX_ENTRIES": "4096"})
+            if args.fake:
+                env["EVOTOK_WEIGHTS"] = str(_fake_card(rdir / "model"))
+            wcmd = [sys.executable, "-m", "evotok.cli", "worker", "--name", "bench-w0", "--metrics-port",
+                    str(_free_port()), "--metrics-host", "127.0.0.1"]
+            if args.fake:
+                wcmd += ["--fake-runtime", "--fake-cost-ms", args.fake_cost_ms]
+            servers.procs.append(subprocess.Popen(wcmd, cwd=REPO, env=env))
+            servers.worker_metrics = wcmd[wcmd.index("--metrics-port") + 1]
+            servers.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "evotok.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                 "--queue", "redis", "--log-level", "warning"], cwd=REPO, env=env))
+        _wait_ready(servers, servers.url, args.startup_timeout)
+    except BaseException:
+        servers.stop()
+        raise
+    return servers
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -147,79 +246,100 @@ def _photo_png(size: int) -> tuple[bytes, np.ndarray]:
     return buf.getvalue(), crop
 
 
-def _batch_stats(url: str) -> tuple[float, float]:
+def _batch_stats(servers: Servers) -> tuple[float, float]:
+    """Sum and count of ``evotok_batch_size`` for encode, where batches run (the API, or the worker)."""
     import httpx
 
+    url = f"http://127.0.0.1:{servers.worker_metrics}" if servers.worker_metrics else servers.url
     text = httpx.get(f"{url}/metrics", timeout=10).text
     total = count = 0.0
     for line in text.splitlines():
-        if line.startswith("evotok_batch_size_sum{") and 'endpoint="encode"' in line:
+        if line.startswith("evotok_batch_size_sum{") and 'op="encode"' in line:
             total += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("evotok_batch_size_count{") and 'endpoint="encode"' in line:
+        elif line.startswith("evotok_batch_size_count{") and 'op="encode"' in line:
             count += float(line.rsplit(" ", 1)[1])
     return total, count
 
 
 async def _closed_loop(url: str, body: bytes, concurrency: int, duration: float) -> tuple[list[float], int, float]:
-    import httpx
+    """``concurrency`` clients, each on its own keep-alive connection, POST /encode back to back.
 
+    A minimal HTTP/1.1 client on asyncio streams (request bytes prepared once, response read by Content-Length):
+    on a 2-core machine httpx spent more CPU per request than the server, so the client was the bottleneck.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    head = (f"POST /encode HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\nAccept: application/x-npy\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    request = head + body
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + duration
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        async def worker() -> None:
-            nonlocal errors
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                r = await client.post("/encode", content=body, headers={"content-type": "image/png",
-                                                                         "accept": "application/x-npy"})
-                if r.status_code == 200:
+                writer.write(request)
+                headers = await reader.readuntil(b"\r\n\r\n")
+                status = int(headers.split(b" ", 2)[1])
+                length = 0
+                for line in headers.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                if status == 200:
                     latencies.append(time.perf_counter() - t0)
                 else:
                     errors += 1
+        finally:
+            writer.close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
     return latencies, errors, elapsed
 
 
-def _run_config(args: argparse.Namespace, name: str, max_batch: int, body: bytes) -> list[Level]:
-    proc, url = _start_server(args, max_batch)
-    out = []
+def _run_config(args: argparse.Namespace, path: str, config: str, body: bytes, workdir: Path) -> list[Level]:
+    servers = _start(args, path, config, workdir)
+    url, out = servers.url, []
+    max_batch = 1 if config == "off" else args.max_batch_size
     try:
         asyncio.run(_closed_loop(url, body, 2, 1.0))  # warm connections and caches
         for c in args.concurrency:
-            s0, n0 = _batch_stats(url)
+            s0, n0 = _batch_stats(servers)
+            cpu0, scpu0 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
             lat, errors, elapsed = asyncio.run(_closed_loop(url, body, c, args.duration))
-            s1, n1 = _batch_stats(url)
+            cpu1, scpu1 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
+            s1, n1 = _batch_stats(servers)
             ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
-            level = Level(name, max_batch, c, len(lat), errors, elapsed, len(lat) / elapsed,
+            client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+            level = Level(path, config, max_batch, c, len(lat), errors, elapsed, len(lat) / elapsed,
                           float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
-                          (s1 - s0) / max(n1 - n0, 1))
+                          (s1 - s0) / max(n1 - n0, 1), client_cpu, scpu1 - scpu0)
             out.append(level)
-            sys.stderr.write(f"[{name} b={max_batch}] c={c}: {level.throughput:.1f} img/s p95 {level.p95_ms:.1f} ms "
-                             f"mean batch {level.mean_batch:.2f}\n")
+            sys.stderr.write(f"[{path} {config} b={max_batch}] c={c}: {level.throughput:.1f} img/s p95 "
+                             f"{level.p95_ms:.1f} ms mean batch {level.mean_batch:.2f} client cpu {client_cpu:.1f} s\n")
     finally:
-        _stop(proc)
+        servers.stop()
     return out
 
 
 def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]:
     if args.fake:
-        # the fake's cost model: (delay * (1 + 0.1 (B-1))) per batch of B
-        per = {b: b / (args.fake_delay_ms / 1000 * (1 + 0.1 * (b - 1))) for b in (1, 2, 4, 8, 16, 32)}
+        a, c = _cost(args.fake_cost_ms) or (20.0, 0.0)
+        per = {b: 1000 * b / (a + b * c) for b in sorted({1, 2, 4, 8, 16, 32, args.max_batch_size})}
         best = max(per, key=lambda b: per[b])
         return {"items_per_s_by_batch": per, "best_batch": best, "best_items_per_s": per[best], "note": "fake cost model"}
-    from evotok.export.runtime import load_runtime
+    from evotok.service.runtime_setup import build_runtime
+    from evotok.service.settings import Settings
 
-    options: dict[str, Any] = {}
-    if args.threads:
-        options["threads"] = args.threads
-    runtime = load_runtime(args.weights, args.backend, **options)
+    runtime = build_runtime(Settings(**{k: v for k, v in {"weights": args.weights, "backend": args.backend,
+                                                          "threads": args.threads}.items() if v}))
     per = {}
-    for b in (1, 2, 4, 8, 16, 32):
+    for b in sorted({1, 2, 4, 8, 16, 32, args.max_batch_size}):
         batch = np.repeat(crop[None], b, axis=0)
         runtime.encode(batch)  # warm this shape
         n, t0 = 0, time.perf_counter()
@@ -234,23 +354,40 @@ def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]
 
 
 def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespace) -> str:
-    rows = ["| batching | max batch | clients | img/s | p50 ms | p95 ms | p99 ms | mean batch | errors |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| path | batching | max batch | clients | img/s | p50 ms | p95 ms | p99 ms | mean batch | errors | "
+            "client CPU s | server CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for lv in levels:
-        rows.append(f"| {lv.config} | {lv.max_batch_size} | {lv.concurrency} | {lv.throughput:.1f} | {lv.p50_ms:.1f} | "
-                    f"{lv.p95_ms:.1f} | {lv.p99_ms:.1f} | {lv.mean_batch:.2f} | {lv.errors} |")
-    best_served = max((lv.throughput for lv in levels if lv.config == "on"), default=0.0)
-    top = max(args.concurrency)
-    off = next((lv for lv in levels if lv.config == "off" and lv.concurrency == top), None)
-    on = next((lv for lv in levels if lv.config == "on" and lv.concurrency == top), None)
+        rows.append(f"| {lv.path} | {lv.config} | {lv.max_batch_size} | {lv.concurrency} | {lv.throughput:.1f} | "
+                    f"{lv.p50_ms:.1f} | {lv.p95_ms:.1f} | {lv.p99_ms:.1f} | {lv.mean_batch:.2f} | {lv.errors} | "
+                    f"{lv.client_cpu_s:.1f} | {lv.server_cpu_s:.1f} |")
     rows.append("")
-    rows.append(f"Runtime limit without HTTP: {limit['best_items_per_s']:.1f} img/s at B={limit['best_batch']}; "
-                f"best served (batching on): {best_served:.1f} img/s = "
-                f"{100 * best_served / limit['best_items_per_s']:.0f} % of the limit.")
-    if off and on:
-        rows.append(f"At {top} clients: batching on / off throughput = {on.throughput / max(off.throughput, 1e-9):.2f}x, "
-                    f"p95 {on.p95_ms:.0f} ms vs {off.p95_ms:.0f} ms.")
+    rows.append(f"Runtime limit without HTTP: {limit['best_items_per_s']:.1f} img/s at B={limit['best_batch']}.")
+    top = max(args.concurrency)
+    ratios = []
+    for path in args.paths:
+        by = {lv.config: lv for lv in levels if lv.path == path and lv.concurrency == top}
+        best = max((lv.throughput for lv in levels if lv.path == path and lv.config != "off"), default=0.0)
+        rows.append(f"{path}: best served {best:.1f} img/s = {100 * best / limit['best_items_per_s']:.0f} % of the "
+                    "runtime limit.")
+        for cfg in ("on", "auto"):
+            if cfg in by and "off" in by:
+                ratio = by[cfg].throughput / max(by["off"].throughput, 1e-9)
+                ratios.append(f"{path} {cfg}/off {ratio:.2f}x (p95 {by[cfg].p95_ms:.0f} vs {by['off'].p95_ms:.0f} ms)")
+        for c in args.concurrency:
+            at = {lv.config: lv for lv in levels if lv.path == path and lv.concurrency == c}
+            if "auto" in at and "off" in at:
+                rows.append(f"{path} c={c}: auto/off throughput {at['auto'].throughput / max(at['off'].throughput, 1e-9):.2f}x, "
+                            f"p95 {at['auto'].p95_ms / max(at['off'].p95_ms, 1e-9):.2f}x")
+    rows.append(f"At {top} clients: " + "; ".join(ratios))
     return "\n".join(rows)
+
+
+def _model_size(args: argparse.Namespace) -> int:
+    from evotok.service.model_info import load_model_info
+    from evotok.service.settings import Settings
+
+    weights = Settings(**({"weights": args.weights} if args.weights else {})).weights
+    return int(load_model_info(weights, backend=args.backend, precision="fp32").image_size)
 
 
 def main(argv: list[str]) -> int:
@@ -266,14 +403,20 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     p.add_argument("--limit-seconds", type=float, default=4.0, help="seconds per batch size for the runtime limit")
     p.add_argument("--startup-timeout", type=float, default=600.0)
-    p.add_argument("--fake", action="store_true", help="FakeRuntime with a sleep cost model (harness check)")
-    p.add_argument("--fake-delay-ms", type=float, default=20.0)
+    p.add_argument("--fake", action="store_true", help="FakeRuntime with a sleep cost model (64 px model card)")
+    p.add_argument("--fake-cost-ms", default="20,1", help="A,B: a batch of B items costs A + B*b ms")
+    p.add_argument("--paths", type=lambda s: s.split(","), default=["inprocess"], help="inprocess,redis")
+    p.add_argument("--configs", type=lambda s: s.split(","), default=["off", "auto"], help="off,on,auto")
     p.add_argument("--json", type=Path, default=None, help="write all numbers here")
     args = p.parse_args(argv)
 
-    size = 256
+    size = 64 if args.fake else _model_size(args)
     body, crop = _photo_png(size)
-    levels = _run_config(args, "off", 1, body) + _run_config(args, "on", args.max_batch_size, body)
+    levels: list[Level] = []
+    with tempfile.TemporaryDirectory(prefix="evotok-bench-") as tmp:
+        for path in args.paths:
+            for config in args.configs:
+                levels += _run_config(args, path, config, body, Path(tmp))
     limit = _runtime_limit(args, crop)
     table = _markdown(levels, limit, args)
     sys.stdout.write(table + "\n")

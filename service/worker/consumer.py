@@ -46,6 +46,7 @@ from evotok.service.worker.streams import REDIS_DOWN, Outcome, admit, deliver, f
 
 log = logging.getLogger(__name__)
 HOLD_BATCHES = 2  # a consumer holds (reads ahead) at most this many batches of entries
+POLL_S = 0.002  # read interval while a batch waits for its delay to close
 
 
 @dataclass(frozen=True)
@@ -156,12 +157,15 @@ class Consumer:
             if block_s:
                 self._stop.wait(min(block_s, self.opts.block_ms / 1000))
             return
-        block_ms = self.opts.block_ms if block_s is None else min(self.opts.block_ms, round(block_s * 1000))
         streams: dict[Any, Any] = {self.keys.work(op): ">" for op in OPS}
-        raw = flatten(self.redis.xreadgroup(GROUP, self.opts.name, streams, count=room,
-                                            block=block_ms if block_ms > 0 else None))
+        # Idle: a blocking read (a new entry wakes it at once). Waiting for a batch to close: poll, because Redis
+        # expires BLOCK timeouts only at its timer resolution (100 ms at hz 10), far coarser than a 5 ms delay.
+        block = self.opts.block_ms if block_s is None else None
+        raw = flatten(self.redis.xreadgroup(GROUP, self.opts.name, streams, count=room, block=block))
         if raw:
             self._hold(raw)
+        elif block_s:
+            self._stop.wait(min(block_s, POLL_S))
 
     def _step(self) -> None:
         draining = self._stop.is_set()
