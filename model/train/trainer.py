@@ -107,9 +107,9 @@ class TrainConfig:
 # PSNR and colour fidelity at this budget).
 RECIPES: dict[str, dict[str, Any]] = {
     "evotok-small": {
-        "preset": "evotok-small", "steps": 3200, "max_minutes": 150.0, "batch_size": 8, "crop": 128,
-        "final_crop": 256, "final_crop_from": 2720, "final_batch_size": 2, "lr": 4e-4, "lr_schedule": "cosine",
-        "warmup_steps": 100, "lr_min_ratio": 0.05, "w_perceptual": 0.05, "perceptual_start": 2240, "w_adv": 0.0,
+        "preset": "evotok-small", "steps": 2400, "max_minutes": 150.0, "batch_size": 8, "crop": 128,
+        "final_crop": 256, "final_crop_from": 2040, "final_batch_size": 2, "lr": 4e-4, "lr_schedule": "cosine",
+        "warmup_steps": 100, "lr_min_ratio": 0.05, "w_perceptual": 0.05, "perceptual_start": 1680, "w_adv": 0.0,
         "depth_mode": "stratified", "threads": 2,
     },
 }
