@@ -29,7 +29,7 @@ WORKDIR /src
 COPY pyproject.toml constraints-cpu.txt deploy/docker/requirements.py ./
 # torch first from its own index (pinned by constraints-cpu.txt), then the rest from PyPI.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" -c constraints-cpu.txt torch \
- && python requirements.py pyproject.toml cpu,torch > requirements.txt \
+ && python requirements.py pyproject.toml cpu,torch,images > requirements.txt \
  && pip install --no-cache-dir -c constraints-cpu.txt -r requirements.txt
 
 ############################################################################ GPU: dependencies
@@ -53,7 +53,7 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml constraints-cpu.txt deploy/docker/requirements.py ./
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" -c constraints-cpu.txt torch \
- && python requirements.py pyproject.toml gpu,torch,trt > requirements.txt \
+ && python requirements.py pyproject.toml gpu,torch,trt,images > requirements.txt \
  && pip install --no-cache-dir --extra-index-url "${TRT_INDEX_URL}" -c constraints-cpu.txt -r requirements.txt
 
 ############################################################################ GPU: runtime
