@@ -2,8 +2,10 @@
 
 For each op and each size ``b`` in 1, 2, 4, ... up to ``max_batch_size`` (and ``max_batch_size`` itself), time
 a warm runtime call (best of ``repeats``) and take the per-item time ``t(b) / b``. Walking up the sizes, the cap
-moves to ``b`` only while ``b`` lowers the per-item time of the current cap by at least ``min_gain`` (10% by
-default): the largest size that still lowers per-item time meaningfully. Where batching does not pay (ONNX
+moves to ``b`` while ``b`` lowers the per-item time of the size before it by at least ``min_gain`` (10% by
+default), and the walk stops at the first size that does not: the largest size that still lowers per-item time
+meaningfully. (Stopping at the first flat step keeps one noisy, lucky measurement further up from setting the
+cap: on a CPU the curve is flat after 2 and a single fast sample at 8 must not make every request wait for 8.) Where batching does not pay (ONNX
 Runtime on a small CPU: ``t(b)`` grows linearly) the cap stays 1, and a request never waits for others.
 
 ``choose_cap`` is pure (tests give it recorded curves); ``measure`` runs the runtime.
@@ -42,11 +44,13 @@ class CapChoice:
 
 
 def choose_cap(item_s: Mapping[int, float], min_gain: float = DEFAULT_MIN_GAIN) -> int:
-    """The largest size whose per-item time is at least ``min_gain`` below that of the cap before it."""
-    cap = min(item_s)
-    for b in sorted(item_s):
-        if b > cap and item_s[b] <= (1.0 - min_gain) * item_s[cap]:
-            cap = b
+    """Walk up the sizes while each lowers the per-item time of the previous one by ``min_gain``; the last one."""
+    sizes = sorted(item_s)
+    cap = sizes[0]
+    for b in sizes[1:]:
+        if item_s[b] > (1.0 - min_gain) * item_s[cap]:
+            break
+        cap = b
     return cap
 
 
