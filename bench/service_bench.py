@@ -302,28 +302,38 @@ async def _closed_loop(url: str, body: bytes, concurrency: int, duration: float)
     return latencies, errors, elapsed
 
 
-def _run_config(args: argparse.Namespace, path: str, config: str, body: bytes, workdir: Path) -> list[Level]:
-    servers = _start(args, path, config, workdir)
-    url, out = servers.url, []
-    max_batch = 1 if config == "off" else args.max_batch_size
+def _level(args: argparse.Namespace, servers: Servers, path: str, config: str, c: int, body: bytes) -> Level:
+    s0, n0 = _batch_stats(servers)
+    cpu0, scpu0 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
+    lat, errors, elapsed = asyncio.run(_closed_loop(servers.url, body, c, args.duration))
+    cpu1, scpu1 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
+    s1, n1 = _batch_stats(servers)
+    ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
+    client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    level = Level(path, config, 1 if config == "off" else args.max_batch_size, c, len(lat), errors, elapsed,
+                  len(lat) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 95)),
+                  float(np.percentile(ms, 99)), (s1 - s0) / max(n1 - n0, 1), client_cpu, scpu1 - scpu0)
+    sys.stderr.write(f"[{path} {config}] c={c}: {level.throughput:.1f} img/s p95 {level.p95_ms:.1f} ms "
+                     f"mean batch {level.mean_batch:.2f} client cpu {client_cpu:.1f} s\n")
+    return level
+
+
+def _run_path(args: argparse.Namespace, path: str, body: bytes, workdir: Path) -> list[Level]:
+    """All configurations of one path started together (idle servers cost no CPU), then measured interleaved:
+    for each concurrency, every configuration in turn, so a change in the machine's background load hits all
+    configurations alike instead of whichever ran last."""
+    servers: dict[str, Servers] = {}
+    out: list[Level] = []
     try:
-        asyncio.run(_closed_loop(url, body, 2, 1.0))  # warm connections and caches
+        for config in args.configs:
+            servers[config] = _start(args, path, config, workdir)
+            asyncio.run(_closed_loop(servers[config].url, body, 2, 1.0))  # warm connections and caches
         for c in args.concurrency:
-            s0, n0 = _batch_stats(servers)
-            cpu0, scpu0 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
-            lat, errors, elapsed = asyncio.run(_closed_loop(url, body, c, args.duration))
-            cpu1, scpu1 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
-            s1, n1 = _batch_stats(servers)
-            ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
-            client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-            level = Level(path, config, max_batch, c, len(lat), errors, elapsed, len(lat) / elapsed,
-                          float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
-                          (s1 - s0) / max(n1 - n0, 1), client_cpu, scpu1 - scpu0)
-            out.append(level)
-            sys.stderr.write(f"[{path} {config} b={max_batch}] c={c}: {level.throughput:.1f} img/s p95 "
-                             f"{level.p95_ms:.1f} ms mean batch {level.mean_batch:.2f} client cpu {client_cpu:.1f} s\n")
+            for config in args.configs:
+                out.append(_level(args, servers[config], path, config, c, body))
     finally:
-        servers.stop()
+        for srv in servers.values():
+            srv.stop()
     return out
 
 
@@ -356,7 +366,7 @@ def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]
 def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespace) -> str:
     rows = ["| path | batching | max batch | clients | img/s | p50 ms | p95 ms | p99 ms | mean batch | errors | "
             "client CPU s | server CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for lv in levels:
+    for lv in sorted(levels, key=lambda lv: (args.paths.index(lv.path), args.configs.index(lv.config))):
         rows.append(f"| {lv.path} | {lv.config} | {lv.max_batch_size} | {lv.concurrency} | {lv.throughput:.1f} | "
                     f"{lv.p50_ms:.1f} | {lv.p95_ms:.1f} | {lv.p99_ms:.1f} | {lv.mean_batch:.2f} | {lv.errors} | "
                     f"{lv.client_cpu_s:.1f} | {lv.server_cpu_s:.1f} |")
@@ -415,8 +425,7 @@ def main(argv: list[str]) -> int:
     levels: list[Level] = []
     with tempfile.TemporaryDirectory(prefix="evotok-bench-") as tmp:
         for path in args.paths:
-            for config in args.configs:
-                levels += _run_config(args, path, config, body, Path(tmp))
+            levels += _run_path(args, path, body, Path(tmp))
     limit = _runtime_limit(args, crop)
     table = _markdown(levels, limit, args)
     sys.stdout.write(table + "\n")

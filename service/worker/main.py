@@ -157,7 +157,6 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     heartbeat.start()
-    metrics.WORKER_READY.set(1)
     try:
         consumer.run()
     finally:
