@@ -302,26 +302,49 @@ async def _closed_loop(url: str, body: bytes, concurrency: int, duration: float)
     return latencies, errors, elapsed
 
 
-def _level(args: argparse.Namespace, servers: Servers, path: str, config: str, c: int, body: bytes) -> Level:
+@dataclass
+class _Pool:
+    """Measurements of one (path, config, concurrency), pooled over ``--repeat`` interleaved rounds."""
+
+    latencies: list[float]
+    errors: int = 0
+    elapsed: float = 0.0
+    client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
+    batch_sum: float = 0.0
+    batch_count: float = 0.0
+
+
+def _round(args: argparse.Namespace, servers: Servers, c: int, body: bytes, pool: _Pool) -> None:
     s0, n0 = _batch_stats(servers)
     cpu0, scpu0 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
     lat, errors, elapsed = asyncio.run(_closed_loop(servers.url, body, c, args.duration))
     cpu1, scpu1 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
     s1, n1 = _batch_stats(servers)
-    ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
-    client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    level = Level(path, config, 1 if config == "off" else args.max_batch_size, c, len(lat), errors, elapsed,
-                  len(lat) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 95)),
-                  float(np.percentile(ms, 99)), (s1 - s0) / max(n1 - n0, 1), client_cpu, scpu1 - scpu0)
+    pool.latencies += lat
+    pool.errors += errors
+    pool.elapsed += elapsed
+    pool.client_cpu_s += (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    pool.server_cpu_s += scpu1 - scpu0
+    pool.batch_sum += s1 - s0
+    pool.batch_count += n1 - n0
+
+
+def _level(args: argparse.Namespace, path: str, config: str, c: int, pool: _Pool) -> Level:
+    ms = np.array(pool.latencies) * 1000 if pool.latencies else np.array([float("nan")])
+    level = Level(path, config, 1 if config == "off" else args.max_batch_size, c, len(pool.latencies), pool.errors,
+                  pool.elapsed, len(pool.latencies) / pool.elapsed, float(np.percentile(ms, 50)),
+                  float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
+                  pool.batch_sum / max(pool.batch_count, 1), pool.client_cpu_s, pool.server_cpu_s)
     sys.stderr.write(f"[{path} {config}] c={c}: {level.throughput:.1f} img/s p95 {level.p95_ms:.1f} ms "
-                     f"mean batch {level.mean_batch:.2f} client cpu {client_cpu:.1f} s\n")
+                     f"mean batch {level.mean_batch:.2f} client cpu {level.client_cpu_s:.1f} s\n")
     return level
 
 
 def _run_path(args: argparse.Namespace, path: str, body: bytes, workdir: Path) -> list[Level]:
     """All configurations of one path started together (idle servers cost no CPU), then measured interleaved:
-    for each concurrency, every configuration in turn, so a change in the machine's background load hits all
-    configurations alike instead of whichever ran last."""
+    for each concurrency, ``--repeat`` rounds of every configuration in turn (latencies pooled), so a change in
+    the machine's background load hits all configurations alike instead of whichever ran last."""
     servers: dict[str, Servers] = {}
     out: list[Level] = []
     try:
@@ -329,8 +352,11 @@ def _run_path(args: argparse.Namespace, path: str, body: bytes, workdir: Path) -
             servers[config] = _start(args, path, config, workdir)
             asyncio.run(_closed_loop(servers[config].url, body, 2, 1.0))  # warm connections and caches
         for c in args.concurrency:
-            for config in args.configs:
-                out.append(_level(args, servers[config], path, config, c, body))
+            pools = {config: _Pool([]) for config in args.configs}
+            for _ in range(args.repeat):
+                for config in args.configs:
+                    _round(args, servers[config], c, body, pools[config])
+            out += [_level(args, path, config, c, pools[config]) for config in args.configs]
     finally:
         for srv in servers.values():
             srv.stop()
@@ -408,7 +434,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--threads", type=int, default=0, help="runtime intra-op threads (0 = library default)")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16, 32])
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level and round")
+    p.add_argument("--repeat", type=int, default=1, help="interleaved rounds per level (pooled)")
     p.add_argument("--max-batch-size", type=int, default=16, help="max_batch_size of the 'on' configuration")
     p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     p.add_argument("--limit-seconds", type=float, default=4.0, help="seconds per batch size for the runtime limit")

@@ -2,7 +2,7 @@
 
 For each op and each size ``b`` in 1, 2, 4, ... up to ``max_batch_size`` (and ``max_batch_size`` itself), time
 a warm runtime call (best of ``repeats``) and take the per-item time ``t(b) / b``. Walking up the sizes, the cap
-moves to ``b`` while ``b`` lowers the per-item time of the size before it by at least ``min_gain`` (10% by
+moves to ``b`` while ``b`` lowers the per-item time of the size before it by at least ``min_gain`` (25% by
 default), and the walk stops at the first size that does not: the largest size that still lowers per-item time
 meaningfully. (Stopping at the first flat step keeps one noisy, lucky measurement further up from setting the
 cap: on a CPU the curve is flat after 2 and a single fast sample at 8 must not make every request wait for 8.) Where batching does not pay (ONNX
@@ -20,7 +20,7 @@ from typing import Any
 
 from evotok.service.core import OP_TABLE, OPS, Op, run_op
 
-DEFAULT_MIN_GAIN = 0.10
+DEFAULT_MIN_GAIN = 0.25
 
 
 def sizes_up_to(max_batch_size: int) -> list[int]:

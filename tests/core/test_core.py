@@ -92,12 +92,13 @@ def test_per_op_caps_bound_batches() -> None:
 def test_choose_cap_on_recorded_curves() -> None:
     cpu_ort = {1: 0.0150, 2: 0.0149, 4: 0.0151, 8: 0.0152}  # batching does not pay (2-core CPU)
     gpu_like = {1: 0.021, 2: 0.011, 4: 0.006, 8: 0.0035, 16: 0.0023, 32: 0.0016}
-    flattening = {1: 0.020, 2: 0.012, 4: 0.0112, 8: 0.0110}  # only 1 -> 2 pays 10%
-    noisy_cpu = {1: 0.0174, 2: 0.0139, 4: 0.0142, 8: 0.0121, 16: 0.0139}  # ORT CPU, quiet: 8 was one lucky sample
+    flattening = {1: 0.020, 2: 0.012, 4: 0.0112, 8: 0.0110}  # only 1 -> 2 pays (40%)
+    noisy_cpu = {1: 0.0174, 2: 0.0139, 4: 0.0142, 8: 0.0121, 16: 0.0139}  # ORT CPU, 2 cores: 8 was one lucky sample
     assert choose_cap(cpu_ort) == 1
     assert choose_cap(gpu_like) == 32
     assert choose_cap(flattening) == 2
-    assert choose_cap(noisy_cpu) == 2
+    assert choose_cap(noisy_cpu) == 1  # 20% at B=2 is within run-to-run noise of a shared 2-core box
+    assert choose_cap(noisy_cpu, min_gain=0.1) == 2  # and never 8: the walk stops at the first flat step
     assert choose_cap(flattening, min_gain=0.5) == 1
     assert sizes_up_to(8) == [1, 2, 4, 8] and sizes_up_to(12) == [1, 2, 4, 8, 12] and sizes_up_to(1) == [1]
 
