@@ -437,7 +437,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level and round")
     p.add_argument("--repeat", type=int, default=1, help="interleaved rounds per level (pooled)")
     p.add_argument("--max-batch-size", type=int, default=16, help="max_batch_size of the 'on' configuration")
-    p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    p.add_argument("--max-queue-delay-ms", type=float, default=0.0,
+                   help="0 (Triton's default): run what is queued as soon as the runtime is free")
     p.add_argument("--limit-seconds", type=float, default=4.0, help="seconds per batch size for the runtime limit")
     p.add_argument("--startup-timeout", type=float, default=600.0)
     p.add_argument("--fake", action="store_true", help="FakeRuntime with a sleep cost model (64 px model card)")
