@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from evotok.export.onnx_export import default_export_dir, export_onnx, is_current, read_manifest
-    from evotok.model.checkpoint import read_card
+    from evotok.model.card import read_card
     from evotok.paths import default_weights_dir
 
     weights = args.weights or default_weights_dir()

@@ -34,8 +34,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from evotok.export.graphs import GRAPH_NAMES, build_graph, example_input, graph_specs
-
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
@@ -169,6 +167,7 @@ def export_onnx(
     """Export the four graphs of ``weights_dir`` into ``out_dir`` (replaced atomically) and write the manifest."""
     import torch
 
+    from evotok.export.graphs import GRAPH_NAMES, build_graph, example_input, graph_specs
     from evotok.model.checkpoint import load_model
 
     t0 = time.perf_counter()
@@ -225,7 +224,7 @@ def export_onnx(
 
 def default_export_dir(weights_dir: Path | str, cache_dir: Path | str | None = None) -> Path:
     """``<cache>/<model-name>-<hash12>/`` from the model card (cheap: no tensors are read)."""
-    from evotok.model.checkpoint import read_card
+    from evotok.model.card import read_card
     from evotok.paths import default_cache_dir
 
     card = read_card(weights_dir)
@@ -253,7 +252,7 @@ def ensure_exported(weights_dir: Path | str, cache_dir: Path | str | None = None
     """
     import fcntl
 
-    from evotok.model.checkpoint import read_card
+    from evotok.model.card import read_card
 
     folder = default_export_dir(weights_dir, cache_dir)
     weights_hash = str(read_card(weights_dir)["hash"])

@@ -92,7 +92,7 @@ class OrtRuntime(Runtime):
         import onnxruntime as ort
 
         from evotok.export.onnx_export import ensure_exported, read_manifest
-        from evotok.model.checkpoint import read_card
+        from evotok.model.card import read_card
         from evotok.model.config import EvoTokConfig
 
         if precision not in ("fp32", "fp16"):

@@ -100,7 +100,7 @@ class TensorRTRuntime(Runtime):
         import torch
 
         from evotok.export.onnx_export import ensure_exported, read_manifest
-        from evotok.model.checkpoint import read_card
+        from evotok.model.card import read_card
         from evotok.model.config import EvoTokConfig
 
         trt = import_tensorrt()

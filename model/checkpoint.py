@@ -22,15 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+# The card (config.json) part is torch-free, in model/card.py; re-exported here for existing callers.
+from evotok.model.card import CONFIG_FILE, FORMAT, WEIGHTS_FILE, CheckpointError, read_card
 from evotok.model.config import EvoTokConfig
-
-FORMAT = "evotok/1"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-
-
-class CheckpointError(RuntimeError):
-    """A model folder cannot be loaded; the message says what is wrong and where."""
 
 
 def content_hash(state: Mapping[str, Tensor]) -> str:
@@ -87,19 +81,6 @@ def save_weights(
     }
     (folder / CONFIG_FILE).write_text(json.dumps(card, indent=2) + "\n")
     return digest
-
-
-def read_card(folder: Path | str) -> dict[str, Any]:
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (a model folder needs {WEIGHTS_FILE} and {CONFIG_FILE})")
-    try:
-        card = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if card.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {card.get('format')!r}, expected {FORMAT!r}")
-    return card
 
 
 def load_weights(folder: Path | str, *, verify: bool = True) -> LoadedWeights:
