@@ -18,7 +18,8 @@ from tests.service.fakes import ServiceFakeRuntime
 
 
 def make_settings(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {"max_batch_size": 8, "max_queue_delay_ms": 2.0, "warmup_batch_sizes": [1],
+    # batch_cap fixed at max_batch_size: the auto cap timed on a zero-cost fake runtime would be noise
+    base: dict[str, Any] = {"max_batch_size": 8, "batch_cap": "1024", "max_queue_delay_ms": 2.0, "warmup_batch_sizes": [1],
                             "request_timeout_s": 10.0, "max_body_bytes": 2_000_000, "max_image_pixels": 4_000_000}
     base.update(overrides)
     return Settings(**base)
