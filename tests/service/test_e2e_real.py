@@ -49,8 +49,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # the cap fixed at 8: on a 2-core CPU the auto cap is usually 1 (batching does not pay), and this module
+    # checks that batches of the real runtime form and answer correctly
     env = {"EVOTOK_WEIGHTS": str(WEIGHTS), "EVOTOK_BACKEND": "onnxruntime", "EVOTOK_MAX_BATCH_SIZE": "8",
-           "EVOTOK_MAX_QUEUE_DELAY_MS": "10", "EVOTOK_WARMUP_BATCH_SIZES": "[1, 8]"}
+           "EVOTOK_BATCH_CAP": "8", "EVOTOK_MAX_QUEUE_DELAY_MS": "10", "EVOTOK_WARMUP_BATCH_SIZES": "[1, 8]"}
     srv = start_server(["evotok.cli", "serve"], env, tmp_path_factory.mktemp("real") / "server.log")
     try:
         srv.wait_ready(timeout=900)
@@ -119,6 +121,7 @@ def test_concurrent_requests_are_batched(server: Server) -> None:
     info = httpx.get(f"{server.url}/info").json()
     card = json.loads((WEIGHTS / "config.json").read_text())
     assert info["backend"] == "onnxruntime" and info["weights_hash"] == card["hash"]
+    assert info["batch_cap"] == "8" and info["batch_caps"]["encode"]["cap"] == 8
     agreement = metric_values(text, "evotok_code_agreement_ratio")
     assert agreement and min(agreement) == 1.0
 
