@@ -23,7 +23,11 @@ import torch
 from torch import Tensor
 
 # The card (config.json) part is torch-free, in model/card.py; re-exported here for existing callers.
-from evotok.model.card import CONFIG_FILE, FORMAT, WEIGHTS_FILE, CheckpointError, read_card
+from evotok.model.card import CONFIG_FILE as CONFIG_FILE
+from evotok.model.card import FORMAT as FORMAT
+from evotok.model.card import WEIGHTS_FILE as WEIGHTS_FILE
+from evotok.model.card import CheckpointError as CheckpointError
+from evotok.model.card import read_card as read_card
 from evotok.model.config import EvoTokConfig
 
 
