@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1, description="decoded pixel cap (decompression bombs)")
     max_batch_images: int = Field(32, ge=1, description="images in one batch-form request")
+    max_aspect_ratio: float = Field(20.0, ge=1.0, description="longer side / shorter side of an input image")
+    max_inflight_body_bytes: int = Field(
+        128 * 1024 * 1024, ge=1, description="request body bytes being received or held by this process at once; "
+        "over it new bodies get 503 server_busy + Retry-After")
+    max_concurrent_decodes: int = Field(4, ge=1, description="images decoded and fitted at once per process")
+    background: str = Field("white", description="colour transparent pixels are flattened onto (name or #rrggbb)")
+
+    # --- connections (uvicorn) ---------------------------------------------------------------
+    limit_concurrency: int = Field(
+        512, ge=1, description="open connections + running requests per process; more get 503 server_busy "
+        "(/healthz, /readyz and /metrics are exempt)")
+    timeout_keep_alive_s: int = Field(5, ge=1, description="close idle keep-alive connections after this")
+    header_timeout_s: float = Field(10.0, gt=0.0, description="a request's headers must arrive within this (408)")
+    body_timeout_s: float = Field(60.0, gt=0.0, description="a request's body must arrive within this (408)")
 
     # --- security ----------------------------------------------------------------------------
     api_keys: list[SecretStr] = Field(default_factory=list, description="bearer tokens; empty = auth off")
@@ -70,6 +84,14 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
+
+    @field_validator("background")
+    @classmethod
+    def _colour(cls, v: str) -> str:
+        from PIL import ImageColor
+
+        ImageColor.getrgb(v)  # ValueError names the bad colour
+        return v
 
     @field_validator("warmup_batch_sizes")
     @classmethod
