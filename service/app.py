@@ -1,8 +1,9 @@
 """The FastAPI application factory: ``create_app(settings, runtime_factory, batcher)``.
 
-- ``EVOTOK_QUEUE=inprocess`` (default): an ``InProcessBatcher`` owns the Runtime; the lifespan starts a
-  background task that loads the Runtime (``runtime_factory``, default ``load_runtime(settings...)``),
-  warms it and runs the golden self-test on the runtime thread; ``/readyz`` turns 200 when that passes.
+- ``EVOTOK_QUEUE=inprocess`` (default): an ``InProcessBatcher`` owns the Runtime; the lifespan starts its
+  ``prepare`` as a background task: load the Runtime (``runtime_factory``, default
+  ``runtime_setup.build_runtime(settings)``, the same builder the workers use), warm it, run the golden
+  self-test and measure the batch caps on the runtime thread; ``/readyz`` turns 200 when that passes.
 - ``EVOTOK_QUEUE=redis``: no Runtime in this process; ``RedisBatcher`` (service/redis_queue.py) talks to
   ``evotok worker`` processes and the model card comes from ``<weights>/config.json``.
 
@@ -23,15 +24,15 @@ from fastapi import FastAPI
 from evotok import __version__
 from evotok.export.runtime import Runtime
 from evotok.service import metrics
-from evotok.service.batcher import Batcher, BatchPolicy
+from evotok.service.batcher import Batcher
 from evotok.service.handlers import install_handlers
 from evotok.service.inprocess import InProcessBatcher
 from evotok.service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from evotok.service.openapi_examples import install_model_examples
 from evotok.service.routes import decode, embed, encode, health, info, web
+from evotok.service.runtime_setup import base_policy
 from evotok.service.schemas import ErrorResponse
 from evotok.service.settings import Settings, get_settings
-from evotok.service.startup import start_inprocess
 from evotok.service.state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -42,26 +43,17 @@ semantic features (`/embed`). Every error has the JSON shape `{"error": {"code",
 
 
 def default_runtime_factory(settings: Settings) -> Callable[[], Runtime]:
-    def factory() -> Runtime:
-        from evotok.export.runtime import load_runtime
+    """``runtime_setup.build_runtime(settings)``, deferred (it runs on the runtime thread)."""
 
-        options: dict[str, Any] = {}
-        if settings.backend == "onnxruntime":
-            options["providers"] = ("cuda", "cpu") if settings.device == "cuda" else ("cpu",)
-            options["cache_dir"] = settings.cache_dir
-            if settings.threads:
-                options["threads"] = settings.threads
-        elif settings.backend == "torch":
-            options["device"] = settings.device
-            options["precision"] = settings.precision
-        else:
-            options["engine_dir"] = settings.cache_dir
-        return load_runtime(settings.weights, settings.backend, **options)
+    def factory() -> Runtime:
+        from evotok.service.runtime_setup import build_runtime
+
+        return build_runtime(settings)
 
     return factory
 
 
-def _make_batcher(settings: Settings) -> Batcher:
+def _make_batcher(settings: Settings, factory: Callable[[], Runtime]) -> Batcher:
     if settings.queue == "redis":
         from evotok.service.model_info import load_model_info
         from evotok.service.redis_queue import RedisBatcher  # type: ignore[import-not-found,unused-ignore]
@@ -69,8 +61,8 @@ def _make_batcher(settings: Settings) -> Batcher:
         model = load_model_info(settings.weights, backend=settings.backend, precision=settings.precision)
         batcher: Batcher = RedisBatcher(settings, model)
         return batcher
-    policy = BatchPolicy(settings.max_batch_size, settings.max_queue_delay_ms / 1000.0)
-    return InProcessBatcher(policy, settings.max_queue_size)
+    return InProcessBatcher(base_policy(settings), settings.max_queue_size, runtime_factory=factory,
+                            hang_s=settings.runtime_hang_s)
 
 
 def create_app(
@@ -79,29 +71,20 @@ def create_app(
     batcher: Batcher | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
-    the_batcher = batcher or _make_batcher(settings)
-    state = ServiceState(settings=settings, batcher=the_batcher)
     factory = runtime_factory or default_runtime_factory(settings)
+    the_batcher = batcher or _make_batcher(settings, factory)
+    state = ServiceState(settings=settings, batcher=the_batcher)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await the_batcher.start()
-        loader: asyncio.Task[None] | None = None
-        if isinstance(the_batcher, InProcessBatcher):
-            loader = asyncio.create_task(start_inprocess(state, the_batcher, factory), name="evotok-startup")
-        else:
-            from evotok.service.model_info import load_model_info
-
-            state.info = load_model_info(settings.weights, backend=settings.backend, precision=settings.precision)
-            state.phase = "ready"
-            metrics.BUILD_INFO.labels(__version__, state.info.weights_hash[:12], settings.backend,
-                                      settings.precision, "").set(1)
+        loader = asyncio.create_task(the_batcher.prepare(state), name="evotok-startup")
         try:
             yield
         finally:
             state.phase = "draining"
             metrics.READY.set(0)
-            if loader is not None and not loader.done():
+            if not loader.done():
                 loader.cancel()
             await the_batcher.drain(timeout_s=settings.request_timeout_s)
             metrics.mark_process_dead()
