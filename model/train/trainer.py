@@ -286,8 +286,8 @@ class Trainer:
             recon = self.model.decode_latent(z_pix)
             sem = self.model.semantic_latent(quant.straight_through(latent, cfg.semantic_depth))
             mse = ((recon.float() - x) ** 2).mean()
-            perc_on = self.perceptual is not None and t.w_perceptual > 0 and self.step >= t.perceptual_start
-            perc = self.perceptual(recon.float(), x) if perc_on else x.new_zeros(())
+            perc_on = t.w_perceptual > 0 and self.step >= t.perceptual_start
+            perc = self.perceptual(recon.float(), x) if self.perceptual is not None and perc_on else x.new_zeros(())
             cos, fold = semantic_loss(sem.float(), target)
             gan_on = self.step >= t.disc_start
             adv = hinge_g_loss(self.ddp_d(recon)) if gan_on and t.w_adv > 0 else x.new_zeros(())
