@@ -11,8 +11,9 @@ dashboard query joins both:
 - ``outcome``: ``ok`` | ``error`` (batches, heartbeats)
 - ``endpoint`` (HTTP series only): ``encode`` | ``decode`` | ``embed`` | ``info`` | ``healthz`` | ``readyz`` |
   ``metrics`` | ``other``
-- ``reason``: rejections ``queue_full`` | ``payload_too_large`` | ``invalid_input`` | ``deadline_exceeded`` |
-  ``cancelled`` | ``not_ready`` | ``unauthorized`` | ``worker_error`` | ``internal``; skipped items
+- ``reason``: rejections ``queue_full`` | ``server_busy`` (body budget / connections full) | ``payload_too_large`` |
+  ``request_timeout`` (slow headers/body) | ``invalid_input`` | ``deadline_exceeded`` | ``cancelled`` |
+  ``not_ready`` | ``unauthorized`` | ``not_found`` | ``worker_error`` | ``internal`` | ``other``; skipped items
   ``deadline_exceeded`` | ``cancelled``; batch close ``full`` | ``delay`` | ``drain``; dead letters
   ``malformed`` | ``poison``
 - ``state``: ``lag`` (waiting for a batch) | ``pending`` (in a running batch / delivered, not acked)
@@ -133,21 +134,35 @@ BUILD_INFO = Gauge(
 )
 
 _REASON_OF_CODE: Final[dict[str, str]] = {
-    "queue_full": "queue_full",
+    # ERROR_TABLE (errors.py): every code listed, so a new code cannot silently land in ``invalid_input``
+    "invalid_input": "invalid_input",
+    "invalid_image": "invalid_input",
+    "invalid_codes": "invalid_input",
+    "unsupported_media_type": "invalid_input",
+    "not_acceptable": "invalid_input",
     "payload_too_large": "payload_too_large",
-    "deadline_exceeded": "deadline_exceeded",
-    "not_ready": "not_ready",
+    "request_timeout": "request_timeout",
+    "server_busy": "server_busy",
     "unauthorized": "unauthorized",
     "forbidden": "unauthorized",
+    "queue_full": "queue_full",
+    "deadline_exceeded": "deadline_exceeded",
+    "not_ready": "not_ready",
     "backend_error": "worker_error",
+    # codes answered outside ERROR_TABLE (handlers.py, routes/common.py)
     "internal": "internal",
     "client_closed_request": "cancelled",
+    "bad_request": "invalid_input",
+    "not_found": "not_found",
+    "method_not_allowed": "not_found",
+    "http_error": "other",
 }
+REASONS: Final = frozenset(_REASON_OF_CODE.values())
 
 
 def reason_of_code(code: str) -> str:
-    """Error code (errors.py) -> bounded ``reason`` label; every 4xx input problem is ``invalid_input``."""
-    return _REASON_OF_CODE.get(code, "invalid_input")
+    """Error code -> bounded ``reason`` label (``other`` for a code missing from the table above)."""
+    return _REASON_OF_CODE.get(code, "other")
 
 
 # --- what the batching core records (both adapters call these, so both report the same way) ---------------
