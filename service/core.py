@@ -259,6 +259,12 @@ def bucket_of(key: BatchKey) -> str:
     return str(shape[0]) if shape else "0"
 
 
+def op_bucket(op: Op, info: ModelInfo) -> str:
+    """The ``bucket`` label of ``op``'s payloads for this model (what ``bucket_of`` gives their batches), for
+    the API-side stages of the same request."""
+    return str(info.image_size if OP_TABLE[op].takes == "image" else info.grid)
+
+
 class RunTimes:
     """EWMA of one batch's wall time per op (seconds): the ``run_estimate_s`` deadline drops use, and the
     item/batch times admission and Retry-After predict with."""

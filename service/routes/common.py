@@ -16,7 +16,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evotok.export.types import ModelInfo
 from evotok.service import metrics
-from evotok.service.batcher import Op
 from evotok.service.codes_io import (
     NPY_CONTENT_TYPE,
     codes_from_json,
@@ -24,6 +23,7 @@ from evotok.service.codes_io import (
     max_codes_body_bytes,
     parse_json,
 )
+from evotok.service.core import Op, op_bucket
 from evotok.service.errors import (
     DeadlineExceeded,
     InvalidCodes,
@@ -155,8 +155,9 @@ async def _read_capped(request: Request, cap: int, what: str) -> bytes:
     return b"".join(chunks)
 
 
-async def read_codes(request: Request, info: ModelInfo) -> npt.NDArray[np.uint16]:
-    """Codes from ``application/json`` ``{"codes": ...}`` or an ``application/x-npy`` body.
+async def read_codes(request: Request, info: ModelInfo, op: Op) -> npt.NDArray[np.uint16]:
+    """Codes from ``application/json`` ``{"codes": ...}`` or an ``application/x-npy`` body, for ``op``
+    (``decode`` or ``embed_codes``: the label of the ``decode_input`` stage timing).
 
     The body is capped at the largest valid codes for the model (413 beyond it) and parsed in the thread
     pool, so neither a huge body nor a slow parse holds the event loop.
@@ -167,11 +168,15 @@ async def read_codes(request: Request, info: ModelInfo) -> npt.NDArray[np.uint16
             f"content type {mtype or '(none)'!r} is not accepted; send application/json or {NPY_CONTENT_TYPE}"
         )
     body = await _read_capped(request, max_codes_body_bytes(info), "codes")
+    start = time.perf_counter()
     if mtype == "application/json":
         if not body:
             raise InvalidCodes("empty body: expected JSON {\"codes\": [h][w][depth]}")
-        return await run_in_threadpool(lambda: codes_from_json(parse_json(body), info))
-    return await run_in_threadpool(codes_from_npy, body, info)
+        codes = await run_in_threadpool(lambda: codes_from_json(parse_json(body), info))
+    else:
+        codes = await run_in_threadpool(codes_from_npy, body, info)
+    metrics.STAGE_DURATION.labels(op, "decode_input", op_bucket(op, info)).observe(time.perf_counter() - start)
+    return codes
 
 
 def background_of(state: ServiceState, value: str | None) -> tuple[int, int, int]:
@@ -191,9 +196,10 @@ async def _decode_slot(request: Request, limit: int, deadline: float) -> asyncio
     return slots
 
 
-async def decode_images(blobs: list[bytes], state: ServiceState, info: ModelInfo, resize: ResizeMode,
+async def decode_images(blobs: list[bytes], state: ServiceState, info: ModelInfo, resize: ResizeMode, op: Op,
                         request: Request | None = None, background: str | None = None) -> list[U8]:
-    """Bytes -> model inputs ``(S, S, 3)`` uint8, in the thread pool, at most ``max_concurrent_decodes`` at once."""
+    """Bytes -> model inputs ``(S, S, 3)`` uint8 for ``op`` (``encode`` or ``embed_image``), in the thread pool,
+    at most ``max_concurrent_decodes`` at once; timed as the op's ``decode_input`` stage."""
     start = time.perf_counter()
     s = state.settings
     colour = background_of(state, background)
@@ -212,7 +218,7 @@ async def decode_images(blobs: list[bytes], state: ServiceState, info: ModelInfo
             images.append(await run_in_threadpool(prepare, blob))
         finally:
             slots.release()
-    metrics.STAGE_DURATION.labels("encode", "decode_input", str(info.image_size)).observe(time.perf_counter() - start)
+    metrics.STAGE_DURATION.labels(op, "decode_input", op_bucket(op, info)).observe(time.perf_counter() - start)
     return images
 
 
@@ -265,9 +271,10 @@ async def submit_all(
     return await until_disconnect(request, run(), endpoint)
 
 
-async def timed(endpoint: str, bucket: str, fn: Callable[[], T]) -> T:
-    """Run a CPU-bound output step (PNG/JSON/npy) in the thread pool, timed as ``encode_output``."""
+async def timed(op: Op, info: ModelInfo, fn: Callable[[], T]) -> T:
+    """Run a CPU-bound output step (PNG/JSON/npy) in the thread pool, timed as ``op``'s ``encode_output``
+    stage (labels from the core's op table, the same as the worker's ``runtime`` stage of that op)."""
     start = time.perf_counter()
     out = await run_in_threadpool(fn)
-    metrics.STAGE_DURATION.labels(endpoint, "encode_output", bucket).observe(time.perf_counter() - start)
+    metrics.STAGE_DURATION.labels(op, "encode_output", op_bucket(op, info)).observe(time.perf_counter() - start)
     return out

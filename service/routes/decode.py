@@ -48,8 +48,8 @@ _REQUEST_BODY: dict[str, Any] = {
 async def decode(request: Request) -> Response:
     state = get_state(request)
     info = state.model_info()
-    codes = await read_codes(request, info)
+    codes = await read_codes(request, info, "decode")
     used = codes[..., : min(codes.shape[-1], info.pixel_depth)]  # same image, and more items share a batch
     (image,) = await submit_all(state, request, "decode", [used], "decode")
-    png = await timed("decode", str(info.image_size), lambda: encode_png(image))
+    png = await timed("decode", info, lambda: encode_png(image))
     return Response(png, media_type="image/png")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from evotok.service.auth import require_api_key
 from evotok.service.codes_io import NPY_CONTENT_TYPE, to_npy
+from evotok.service.core import Op
 from evotok.service.errors import InvalidInput
 from evotok.service.handlers import openapi_errors
 from evotok.service.imaging import IMAGE_CONTENT_TYPES
@@ -75,18 +76,19 @@ async def embed(
         blobs, batch_form = await read_images(request, state)
         if batch_form:
             raise InvalidInput("/embed takes one 'image' field; the batch form is only on /encode")
-        images = await decode_images(blobs, state, info, resize, request, background)
-        (features,) = await submit_all(state, request, "embed_image", images, "embed")
+        images = await decode_images(blobs, state, info, resize, "embed_image", request, background)
+        op: Op = "embed_image"
+        (features,) = await submit_all(state, request, op, images, "embed")
         source, depth = "image", info.semantic_depth
     else:
-        codes = await read_codes(request, info)
+        codes = await read_codes(request, info, "embed_codes")
         depth = min(codes.shape[-1], info.semantic_depth)
-        (features,) = await submit_all(state, request, "embed_codes", [codes[..., :depth]], "embed")
+        op = "embed_codes"
+        (features,) = await submit_all(state, request, op, [codes[..., :depth]], "embed")
         source = "codes"
     feats = np.asarray(features, dtype=np.float16 if dtype == "float16" else np.float32)
-    bucket = str(info.image_size)
     if npy:
-        return Response(await timed("embed", bucket, lambda: to_npy(feats)), media_type=NPY_CONTENT_TYPE)
+        return Response(await timed(op, info, lambda: to_npy(feats)), media_type=NPY_CONTENT_TYPE)
     card = model_card(info)
 
     def as_json() -> bytes:
@@ -94,4 +96,4 @@ async def embed(
                 "source": source, "depth": depth, "model": card}
         return json.dumps(body, separators=(",", ":")).encode()
 
-    return Response(await timed("embed", bucket, as_json), media_type="application/json")
+    return Response(await timed(op, info, as_json), media_type="application/json")

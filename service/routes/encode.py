@@ -85,13 +85,12 @@ async def encode(
         raise InvalidInput(f"depth must be in 1..{info.num_depths}, got {depth}")
     npy = wants_npy(request)
     blobs, batch_form = await read_images(request, state)
-    images = await decode_images(blobs, state, info, resize, request, background)
+    images = await decode_images(blobs, state, info, resize, "encode", request, background)
     codes = await submit_all(state, request, "encode", images, "encode")
     d = depth or info.num_depths
     out = np.stack([c[..., :d] for c in codes]).astype(np.uint16)  # (B, h, w, d)
-    bucket = str(info.image_size)
     if npy:
-        body = await timed("encode", bucket, lambda: to_npy(out if batch_form else out[0]))
+        body = await timed("encode", info, lambda: to_npy(out if batch_form else out[0]))
         return Response(body, media_type=NPY_CONTENT_TYPE)
     card = model_card(info)
 
@@ -99,4 +98,4 @@ async def encode(
         items = [{"codes": c.tolist(), "shape": list(c.shape), "depth": d, "model": card} for c in out]
         return json.dumps(items if batch_form else items[0], separators=(",", ":")).encode()
 
-    return Response(await timed("encode", bucket, as_json), media_type="application/json")
+    return Response(await timed("encode", info, as_json), media_type="application/json")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from fastapi.testclient import TestClient
+
 from evotok.service import metrics
+from evotok.service.core import OP_TABLE, OPS
 from evotok.service.errors import ERROR_TABLE
 from evotok.service.handlers import _HTTP_CODES
 from evotok.service.routes.common import ClientGone
+from tests.service.conftest import png_bytes
+from tests.service.fakes import ServiceFakeRuntime
 
 
 def test_every_error_code_has_an_explicit_reason() -> None:
@@ -23,3 +28,33 @@ def test_reasons_are_documented() -> None:
     doc = metrics.__doc__ or ""
     for reason in metrics.REASONS:
         assert f"``{reason}``" in doc, reason
+
+
+def _stage_counts(text: str) -> dict[tuple[str, str, str], float]:
+    """(op, stage, bucket) -> sample count of ``evotok_stage_duration_seconds``."""
+    out: dict[tuple[str, str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("evotok_stage_duration_seconds_count{"):
+            head, value = line.rsplit(" ", 1)
+            labels = dict(part.split("=", 1) for part in head[head.index("{") + 1:-1].split(","))
+            key = (labels["op"].strip('"'), labels["stage"].strip('"'), labels["bucket"].strip('"'))
+            out[key] = float(value)
+    return out
+
+
+def test_api_stages_use_the_core_op_vocabulary(client: TestClient) -> None:
+    info = ServiceFakeRuntime().info
+    image, grid = str(info.image_size), str(info.grid)
+    before = _stage_counts(client.get("/metrics").text)
+    data = png_bytes(seed=3)
+    codes = client.post("/encode", content=data, headers={"content-type": "image/png"}).json()["codes"]
+    assert client.post("/embed", content=data, headers={"content-type": "image/png"}).status_code == 200
+    assert client.post("/embed", json={"codes": codes}).status_code == 200
+    assert client.post("/decode", json={"codes": codes}).status_code == 200
+    after = _stage_counts(client.get("/metrics").text)
+    assert {op for op, _, _ in after} <= set(OPS), f"API stage series outside the core's ops: {sorted(after)}"
+    grew = {k for k, v in after.items() if v > before.get(k, 0.0)}
+    for op in OPS:
+        bucket = image if OP_TABLE[op].takes == "image" else grid  # the same bucket as the op's batches
+        for stage in ("decode_input", "runtime", "encode_output"):
+            assert (op, stage, bucket) in grew, (op, stage, bucket, sorted(grew))
