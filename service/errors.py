@@ -103,3 +103,11 @@ ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
         BackendError,
     )
 }
+_CLASS_OF_CODE: dict[str, type[ServiceError]] = {code: cls for cls, (_, code) in ERROR_TABLE.items()}
+
+
+def error_of_code(code: str, message: str) -> ServiceError:
+    """The table's exception for a machine-readable ``code`` raised outside the HTTP layer (``evotok.imaging``'s
+    ``ImageError``); a code missing from the table is a bug, answered 500 ``internal``."""
+    cls = _CLASS_OF_CODE.get(code)
+    return cls(message) if cls is not None else ServiceError(f"{code}: {message}")

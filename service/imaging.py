@@ -1,228 +1,61 @@
-"""Image bytes -> the model input ``(S, S, 3)`` uint8, with bounded work; and ``(H, W, 3)`` uint8 -> PNG bytes.
+"""The HTTP side of image preprocessing: ``evotok.imaging`` (the pure rule, shared with the offline tools) with
+its ``ImageError`` raised as the service's error table (``errors.py``), by code:
 
-One rule for what users have on disk (the table is in docs/service.md, containers in ``image_formats.py``):
+================================ ======================================
+``ImageError.code``              HTTP
+================================ ======================================
+``invalid_image``                422 ``invalid_image``
+``invalid_input``                422 ``invalid_input``
+``payload_too_large``            413 ``payload_too_large``
+``unsupported_media_type``       415 ``unsupported_media_type``
+================================ ======================================
 
-- containers: PNG (APNG), JPEG, WebP, GIF, BMP, TIFF, AVIF, and HEIC/HEIF with the optional plugin; animated
-  files give their **first frame**.
-- pixels, converted to 8-bit RGB: RGB as is; grayscale copied to three channels; 1-bit to black/white;
-  palette through its palette; CMYK by Pillow's conversion (no ICC colour management); 16-bit samples keep
-  their high byte; any alpha channel (RGBA, LA, PA, palette with transparency) is **flattened onto
-  ``background``** (default white). 32-bit float images are refused (422: no agreed value range).
-- orientation: the EXIF ``Orientation`` tag is applied (as ``ImageOps.exif_transpose`` does), so a phone photo
-  is encoded upright.
-
-Limits, all checked from the header before any pixel is decoded:
-
-- ``width * height <= max_pixels`` (decompression bombs) -> 413 ``payload_too_large``;
-- ``max(w, h) / min(w, h) <= max_aspect_ratio`` -> 422 ``invalid_image``. Together these bound the work: the
-  fit below never allocates more than the decoded image plus ``S x S`` (no intermediate "short side to S"
-  image, which for a 1x40000 PNG was 256 x 10,240,000 pixels).
-
-Fitting to the model input ``S`` (``resize`` query parameter):
-
-- ``center-crop`` (default): the centred square of side ``min(w, h)`` is resampled to ``S x S`` (bicubic, one
-  step from the source, so the crop never materialises a larger image).
-- ``stretch``: bicubic resize of the whole image to ``S x S`` (aspect ratio not kept).
-- ``none``: the image must already be ``S x S`` (else 422).
-
-Large JPEGs are decoded with ``draft()`` at the smallest DCT scale that still covers the fitted size.
+The rule itself (formats, conversions, orientation, limits, fitting) is documented in ``evotok/imaging.py``
+and docs/service.md.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
-from typing import Literal
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
-import numpy as np
-import numpy.typing as npt
-from PIL import Image, ImageColor
+from evotok import imaging as pure
+from evotok.imaging import (
+    IMAGE_CONTENT_TYPES,
+    IMAGE_ERROR_CODES,
+    RESIZE_MODES,
+    ImageError,
+    ResizeMode,
+    encode_png,
+    sniff_format,
+)
+from evotok.service.errors import ServiceError, error_of_code
 
-from evotok.service.errors import InvalidImage, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from evotok.service.image_formats import FORMATS, IMAGE_CONTENT_TYPES, served_names, sniff_format
+__all__ = ["IMAGE_CONTENT_TYPES", "IMAGE_ERROR_CODES", "RESIZE_MODES", "ResizeMode", "encode_png", "fit_to_model",
+           "http_error", "load_image", "parse_background", "prepare_image", "sniff_format"]
 
-__all__ = ["IMAGE_CONTENT_TYPES", "RESIZE_MODES", "ResizeMode", "encode_png", "fit_to_model", "load_image",
-           "parse_background", "prepare_image", "sniff_format"]
-
-ResizeMode = Literal["center-crop", "stretch", "none"]
-RESIZE_MODES: tuple[ResizeMode, ...] = ("center-crop", "stretch", "none")
-RGB = tuple[int, int, int]
-WHITE: RGB = (255, 255, 255)
-DEFAULT_MAX_ASPECT_RATIO = 20.0
-_REDUCING_GAP = 3.0  # resize reduces by an integer factor first when shrinking >= 3x (Pillow: "indistinguishable")
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, OverflowError)
-# EXIF Orientation -> the transpose that shows the stored pixels upright (the table of ImageOps.exif_transpose)
-_ORIENT: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def parse_background(value: str) -> RGB:
-    """A colour name or ``#rgb``/``#rrggbb`` (Pillow's ImageColor) -> ``(r, g, b)``; 422 when unknown."""
-    try:
-        rgb = ImageColor.getrgb(value.strip())
-    except ValueError as exc:
-        raise InvalidInput(f"background {value!r} is not a colour; use a name (white, black) or #rrggbb") from exc
-    return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+def http_error(exc: ImageError) -> ServiceError:
+    """The error-table exception for an ``ImageError`` (same code, same message)."""
+    return error_of_code(exc.code, exc.message)
 
 
-def open_checked(data: bytes, max_pixels: int, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> Image.Image:
-    """Sniff, open lazily (header only) and check pixel count and aspect ratio; nothing is decoded yet."""
-    if not data:
-        raise InvalidImage("empty image: the request carried zero bytes")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise InvalidImage(f"the bytes are not an image in a served format ({served_names()})")
-    container = FORMATS[fmt]
-    if not container.served:
-        raise UnsupportedMediaType(f"{fmt} images are not served ({container.why_not}); send {served_names()}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=list(container.pillow))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"image has too many pixels ({exc})") from exc
-    except _DECODE_ERRORS as exc:
-        raise InvalidImage(f"could not read the {fmt} header: {exc}") from exc
-    width, height = img.size
-    if width < 1 or height < 1:
-        raise InvalidImage(f"image is {width}x{height}")
-    if width * height > max_pixels:
-        raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-    aspect = max(width, height) / min(width, height)
-    if aspect > max_aspect_ratio:
-        raise InvalidImage(f"image is {width}x{height}: aspect ratio {aspect:.0f}:1 is over the limit of "
-                           f"{max_aspect_ratio:g}:1")
-    return img
+def _raising_http(fn: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except ImageError as exc:
+            raise http_error(exc) from exc
+
+    return wrapper
 
 
-def _orientation(img: Image.Image) -> int:
-    try:
-        value = img.getexif().get(0x0112, 1)
-    except _DECODE_ERRORS:
-        return 1  # unreadable EXIF: show the pixels as stored
-    return int(value) if isinstance(value, int) and value in _ORIENT else 1
-
-
-def _decode(img: Image.Image) -> None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.seek(0)  # animated files: the first frame
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"image has too many pixels ({exc})") from exc
-    except MemoryError as exc:
-        raise PayloadTooLarge("image too large to decode") from exc
-    except _DECODE_ERRORS as exc:
-        raise InvalidImage(f"could not decode the {img.format} image: {exc}") from exc
-
-
-def _flatten(img: Image.Image, background: RGB) -> Image.Image:
-    """Any alpha mode -> RGB on ``background``; pastes with the image's own alpha (one RGB-sized allocation)."""
-    if img.mode not in ("RGBA", "LA", "RGBa", "La"):
-        img = img.convert("RGBA")
-    out = Image.new("RGB", img.size, background)
-    out.paste(img.convert("RGB") if img.mode in ("LA", "La") else img, (0, 0), img)
-    return out
-
-
-def _sixteen_bit(img: Image.Image) -> Image.Image:
-    """16-bit (``I;16*``) or integer (``I``) samples in 0..65535 -> 8-bit ``L`` (the high byte)."""
-    arr = np.asarray(img)
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
-        raise InvalidImage(f"{img.mode} image with samples outside 0..65535 is not supported")
-    return Image.fromarray((arr.astype(np.uint32) >> 8).astype(np.uint8))
-
-
-def to_rgb(img: Image.Image, background: RGB = WHITE) -> Image.Image:
-    """Any supported pixel mode -> 8-bit RGB by the rule in the module docstring."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and (
-        "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")))
-    if has_alpha:
-        return _flatten(img, background)
-    if mode.startswith("I;16") or mode == "I":
-        return _sixteen_bit(img).convert("RGB")
-    if mode in ("L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"):
-        return img.convert("RGB")
-    raise InvalidImage(f"pixel mode {mode} is not supported (floating-point samples have no agreed range)")
-
-
-def fit_to_model(img: Image.Image, size: int, mode: ResizeMode = "center-crop") -> npt.NDArray[np.uint8]:
-    """RGB PIL image -> ``(size, size, 3)`` uint8 by the rule in the module docstring (never larger than S x S)."""
-    width, height = img.size
-    if mode == "none":
-        if (width, height) != (size, size):
-            raise InvalidInput(f"resize=none needs a {size}x{size} image, got {width}x{height}")
-        out = img
-    elif mode == "stretch":
-        out = img if (width, height) == (size, size) else img.resize(
-            (size, size), Image.Resampling.BICUBIC, reducing_gap=_REDUCING_GAP)
-    elif mode == "center-crop":
-        side = min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        out = img if (width, height) == (size, size) else img.resize(
-            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side),
-            reducing_gap=_REDUCING_GAP)
-    else:  # pragma: no cover - guarded by the Literal/query validation
-        raise InvalidInput(f"unknown resize mode {mode!r}; choose one of {list(RESIZE_MODES)}")
-    arr = np.asarray(out, dtype=np.uint8)
-    return np.ascontiguousarray(arr.reshape(size, size, 3))
-
-
-def _draft_jpeg(img: Image.Image, size: int, mode: ResizeMode) -> None:
-    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the fitted size."""
-    if img.format != "JPEG" or mode == "none":
-        return
-    width, height = img.size
-    side = min(width, height)
-    need = (size, size) if mode == "stretch" else (-(-width * size // side), -(-height * size // side))
-    if min(width // need[0], height // need[1]) >= 2:
-        img.draft(None, need)
-
-
-def load_image(data: bytes, max_pixels: int, *, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
-               background: RGB = WHITE) -> Image.Image:
-    """Open, check and fully decode one image; returns it upright, in mode ``RGB``."""
-    img = open_checked(data, max_pixels, max_aspect_ratio)
-    orientation = _orientation(img)
-    _decode(img)
-    rgb = to_rgb(img, background)
-    return rgb.transpose(_ORIENT[orientation]) if orientation in _ORIENT else rgb
-
-
-def prepare_image(data: bytes, size: int, mode: ResizeMode, max_pixels: int, *,
-                  max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO, background: RGB = WHITE) -> npt.NDArray[np.uint8]:
-    """Request bytes -> model input ``(size, size, 3)`` uint8 in [0, 255].
-
-    Orientation is applied to the fitted ``S x S`` result: centre crop and stretch commute with the eight
-    EXIF transposes (the crop is a centred square), so the large image is never copied just to turn it.
-    """
-    img = open_checked(data, max_pixels, max_aspect_ratio)
-    orientation = _orientation(img)
-    _draft_jpeg(img, size, mode)
-    _decode(img)
-    try:
-        rgb = to_rgb(img, background)
-        if rgb is not img:
-            img.close()  # free the full-size source before the resize allocates
-        fitted = fit_to_model(rgb, size, mode)
-    except MemoryError as exc:
-        raise PayloadTooLarge("image too large to convert") from exc
-    except (OSError, ValueError) as exc:
-        raise InvalidImage(f"could not convert the image: {exc}") from exc
-    if orientation in _ORIENT:
-        fitted = np.ascontiguousarray(np.asarray(Image.fromarray(fitted).transpose(_ORIENT[orientation])))
-    return fitted
-
-
-def encode_png(image: npt.NDArray[np.uint8], compress_level: int = 3) -> bytes:
-    """``(H, W, 3)`` uint8 -> PNG bytes (lossless; level 3 trades a few % size for speed)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+prepare_image = _raising_http(pure.prepare_image)
+load_image = _raising_http(pure.load_image)
+fit_to_model = _raising_http(pure.fit_to_model)
+parse_background = _raising_http(pure.parse_background)

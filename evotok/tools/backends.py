@@ -1,8 +1,8 @@
 """Where codes come from for the CLI and the dataset tokenizer: a Runtime in this process, or a server.
 
 Both backends take *encoded image bytes* (exactly what is on disk) and apply the service's one
-preprocessing rule (``evotok.service.imaging``: short side to ``image_size`` bicubic, centre crop), so a
-local run and a ``--server`` run feed the model the same pixels.
+preprocessing rule (``evotok.imaging``, pure: no HTTP; centre square bicubic to ``image_size``), so a local
+run and a ``--server`` run feed the model the same pixels and record the same failure codes.
 
 - ``encode_files(blobs) -> list[codes (h, w, D) uint16 | ImageFailure]``: bad images are reported per item,
   never raised; infrastructure errors (server down after retries, backend crash) are raised.
@@ -27,7 +27,8 @@ from evotok.export.types import ModelInfo
 log = logging.getLogger(__name__)
 
 RESIZE: Literal["center-crop"] = "center-crop"
-# The client-side reasons an image is "unreadable" (the item fails, the run goes on).
+# The client-side reasons an image is "unreadable" (the item fails, the run goes on): evotok.imaging's
+# IMAGE_ERROR_CODES, which are also the server's codes for them (not imported here: that would load Pillow).
 IMAGE_ERROR_CODES = frozenset(
     {"invalid_image", "unsupported_media_type", "payload_too_large", "invalid_input"}
 )
@@ -44,8 +45,9 @@ def preprocessing_record(info: ModelInfo) -> dict[str, Any]:
     return {
         "resize": RESIZE,
         "image_size": info.image_size,
-        "rule": "scale the short side to image_size (bicubic), crop the centre square; grey and palette "
-        "images converted to RGB; alpha, CMYK and 16-bit refused",
+        "rule": "evotok.imaging: EXIF orientation applied; the centred square resampled to image_size (bicubic); "
+        "grey, 1-bit, palette, CMYK and 16-bit converted to 8-bit RGB; alpha flattened onto white; first frame "
+        "of animations",
         "input": "uint8 RGB (H, W, 3)",
     }
 
@@ -74,8 +76,7 @@ class LocalBackend(CodesBackend):
         self.max_image_pixels = max_image_pixels
 
     def encode_files(self, blobs: Sequence[bytes]) -> list[npt.NDArray[np.uint16] | ImageFailure]:
-        from evotok.service.errors import ServiceError
-        from evotok.service.imaging import prepare_image
+        from evotok.imaging import ImageError, prepare_image
 
         out: list[npt.NDArray[np.uint16] | ImageFailure] = []
         ok_rows: list[int] = []
@@ -83,7 +84,7 @@ class LocalBackend(CodesBackend):
         for data in blobs:
             try:
                 pixels.append(prepare_image(data, self.info.image_size, RESIZE, self.max_image_pixels))
-            except ServiceError as exc:
+            except ImageError as exc:
                 out.append(ImageFailure(exc.code, exc.message))
                 continue
             ok_rows.append(len(out))

@@ -94,13 +94,13 @@ def test_unreadable_image_fails_cleanly(photos: Path, server: Server, tmp_path: 
     r = evotok(
         "encode",
         str(photos / "people/astronaut.jpg"),
-        str(photos / "broken/alpha.png"),
+        str(photos / "broken/truncated.jpg"),
         "-o",
         str(out),
         "--server",
         server.url,
     )
-    assert r.returncode == 1 and "invalid_image" in r.stderr and "alpha.png" in r.stderr
+    assert r.returncode == 1 and "invalid_image" in r.stderr and "truncated.jpg" in r.stderr
     assert not out.exists()
     r = evotok(
         "encode",

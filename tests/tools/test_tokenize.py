@@ -74,15 +74,14 @@ def run_local(dataset: Path, out: Path, **kw: Any) -> tuple[Any, CountingRuntime
 
 
 def refused(root: Path) -> dict[str, str]:
-    """{file: error code} of the files the service's imaging refuses (its rules, e.g. for alpha, may change)."""
-    from evotok.service.errors import ServiceError
-    from evotok.service.imaging import prepare_image
+    """{file: error code} of the files the one imaging rule refuses (its rules, e.g. for alpha, may change)."""
+    from evotok.imaging import ImageError, prepare_image
 
     out = {}
     for name in list_images(root):
         try:
             prepare_image((root / name).read_bytes(), 256, "center-crop", 40_000_000)
-        except ServiceError as exc:
+        except ImageError as exc:
             out[name] = exc.code
     return out
 
@@ -107,7 +106,7 @@ def test_shards_and_manifests(dataset: tuple[Path, dict[str, tuple[int, int]]], 
     assert top["model"]["name"] == "fake" and top["model"]["weights_hash"] == "0" * 64
     assert {f["source"]: f["code"] for f in top["failures"]} == bad
     runtime = fake_runtime()
-    from evotok.service.imaging import prepare_image
+    from evotok.imaging import prepare_image
 
     seen = []
     for entry in top["shards"]:
