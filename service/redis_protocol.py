@@ -1,12 +1,15 @@
-"""The Redis Streams wire protocol shared by the API side (``redis_queue.py``) and workers (``worker.py``).
+"""The Redis Streams wire protocol shared by the API side (``redis_queue.py``) and workers (``worker/``).
 
 Keys (``P`` = ``settings.redis_prefix``; write it as ``{evotok}`` to co-locate keys under Redis Cluster):
 
 ==================================== ==============================================================
 ``P:req:{op}``                       work stream, one per op; consumer group ``workers``; never trimmed
 ``P:bytes:{op}``                     admission byte counter (payload bytes of entries not yet acked)
-``P:stats:{op}``                     hash ``item_ms``/``batch_ms``: workers' EWMA of inference time per item / batch
+``P:stats:{op}``                     hash ``item_ms``/``batch_ms``/``cap``: the last-beating worker's EWMA of inference
+                                     time per item / batch and its cap (admission's wait estimate)
 ``P:workers``                        sorted set worker name -> last heartbeat (Redis TIME, ms)
+``P:worker:{name}``                  hash ``pid``/``host``/``batches``/``cap:{op}`` (the worker's effective batch
+                                     caps); written with each heartbeat, expires after the liveness window
 ``P:reply:{replica}``                reply stream of one API replica (capped, expires when idle)
 ``P:cancel:{request_id}``            cancel mark set by the API (TTL = remaining deadline)
 ``P:dlq``                            dead letters (capped with MAXLEN ~; trimming is fine here)

@@ -88,6 +88,7 @@ class RedisBatcher(Batcher):
         self._live_workers = 0
         self._queued = 0
         self._oldest_age_s = 0.0
+        self._caps: dict[str, Any] | None = None  # live workers' batch caps (monitor loop), for /info
         self.dropped_replies = 0  # duplicates / late replies ignored
         self.lost_on_outage = 0  # waiting requests failed because Redis restarted and lost their entries
         self.reply_reconnects = 0  # reply-reader reconnections (waiting requests kept waiting)
@@ -136,6 +137,28 @@ class RedisBatcher(Batcher):
                 with contextlib.suppress(Exception):
                     await client.aclose()
         self._started = False
+
+    def batch_caps(self) -> dict[str, Any] | None:
+        """Per op: ``cap``, the smallest effective cap among the live workers (the batch size the deployment can
+        be relied on to form), and ``workers``, each live worker's own cap (auto caps are measured per worker
+        and may differ). None until a live worker has published its caps."""
+        return self._caps
+
+    async def _read_caps(self, now_ms: int) -> None:
+        assert self._redis is not None
+        names = [n.decode() if isinstance(n, bytes) else str(n)
+                 for n in await self._redis.zrangebyscore(self.keys.workers, now_ms - self._window_ms, "+inf")]
+        fields = [f"cap:{op}" for op in OPS]
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self.keys.worker_info(name), fields)
+        per_op: dict[str, dict[str, int]] = {}
+        for name, values in zip(names, await pipe.execute(), strict=True):
+            for op, value in zip(OPS, values, strict=True):
+                if value is not None:
+                    per_op.setdefault(op, {})[name] = int(value)
+        self._caps = {op: {"cap": min(by.values()), "workers": dict(sorted(by.items()))}
+                      for op, by in per_op.items()} or None
 
     def stats(self) -> BatcherStats:
         return BatcherStats(
@@ -307,7 +330,8 @@ class RedisBatcher(Batcher):
                 fut.set_exception(NotReady("the queue restarted and lost this request; retry", retry_after_s=1.0))
 
     async def _monitor_loop(self) -> None:
-        """Refresh live-worker count and queue depth for ``stats()`` (readiness, queue gauges)."""
+        """Refresh live-worker count, queue depth (``stats()``: readiness, queue gauges) and the live workers'
+        batch caps (``batch_caps()``: /info)."""
         assert self._redis is not None
         period = max(0.2, min(1.0, self.settings.worker_heartbeat_s / 2))
         while True:
@@ -330,6 +354,7 @@ class RedisBatcher(Batcher):
                         eid = eid.decode() if isinstance(eid, bytes) else str(eid)
                         oldest = max(oldest, (now_ms - int(eid.split("-")[0])) / 1000)
                 self._live_workers, self._queued, self._oldest_age_s = int(live), queued, max(0.0, oldest)
+                await self._read_caps(now_ms)
                 self._redis_ok = True
             except asyncio.CancelledError:
                 raise

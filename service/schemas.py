@@ -57,8 +57,9 @@ class InfoResponse(BaseModel):
     max_queue_delay_ms: float
     batch_cap: str | int = Field("auto", description="EVOTOK_BATCH_CAP: auto (measured at warm-up) or fixed")
     batch_caps: dict[str, Any] | None = Field(
-        None, description="per op: the effective cap and the per-item ms by batch size it was chosen from "
-        "(null where this process holds no Runtime, i.e. EVOTOK_QUEUE=redis: see the workers' evotok_batch_cap)")
+        None, description="per op: the effective cap and the per-item ms by batch size it was chosen from; with "
+        "EVOTOK_QUEUE=redis, the smallest cap among the live workers and each live worker's cap "
+        "({op: {cap, workers: {name: cap}}}), null until a worker has published its caps")
 
 
 class HealthResponse(BaseModel):

@@ -77,6 +77,8 @@ class Heartbeat:
     def beat(self) -> None:
         """Estimates, then the heartbeat, in one pipeline. Raises on a Redis error."""
         info: list[Any] = ["pid", os.getpid(), "host", socket.gethostname(), "batches", self.batches()]
+        for op, cap in self.caps.items():  # this worker's effective caps: the API's /info reports them
+            info += [f"cap:{op}", cap]
         pipe = self.redis.pipeline(transaction=False)
         self.stats_into(pipe)
         self._script(keys=[self.keys.workers, self.keys.worker_info(self.name)],

@@ -259,3 +259,38 @@ async def test_sigterm_finishes_the_batch_in_hand(redis_server: RedisServer, pre
             await b.submit("encode", xs[0], deadline(2))
     finally:
         await b.drain(1)
+
+
+async def test_info_batch_caps_are_the_live_workers_caps(redis_server: RedisServer, prefix: str,
+                                                         tmp_path: Path) -> None:
+    """/info in Redis mode: the smallest cap among live workers, and each live worker's own; a dead worker's
+    cap goes away with its heartbeat."""
+    w4 = WorkerProc(queue_env(redis_server.url, prefix, EVOTOK_BATCH_CAP="4"), "w4", tmp_path)
+    w2 = WorkerProc(queue_env(redis_server.url, prefix, EVOTOK_BATCH_CAP="2"), "w2", tmp_path)
+    b = RedisBatcher(settings_for(redis_server, prefix), RT.info)
+    try:
+        for w in (w4, w2):
+            w.start()
+        for w in (w4, w2):
+            w.wait_ready()
+        await b.start()
+
+        async def caps_when(check: Any, timeout_s: float = 15.0) -> Any:
+            end = time.monotonic() + timeout_s
+            while time.monotonic() < end:
+                caps = b.batch_caps()
+                if caps is not None and check(caps):
+                    return caps
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"batch caps never matched: {b.batch_caps()}")
+
+        caps = await caps_when(lambda c: len(c.get("encode", {}).get("workers", {})) == 2)
+        for op in ("encode", "decode", "embed_image", "embed_codes"):
+            assert caps[op] == {"cap": 2, "workers": {"w2": 2, "w4": 4}}, caps
+        w2.kill()  # SIGKILL: no goodbye; its info hash expires with the liveness window
+        caps = await caps_when(lambda c: c["encode"]["workers"] == {"w4": 4})
+        assert caps["decode"] == {"cap": 4, "workers": {"w4": 4}}
+    finally:
+        await b.drain(1)
+        for w in (w4, w2):
+            w.stop()
