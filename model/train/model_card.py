@@ -18,6 +18,28 @@ def _fmt(xs: list[float], nd: int = 2) -> str:
     return " | ".join(f"{x:.{nd}f}" for x in xs)
 
 
+def _recipe(t: dict[str, Any]) -> str:
+    """One sentence describing a TrainConfig (as saved in the provenance)."""
+    crops = f"batch {t.get('batch_size')} x {t.get('crop')}px crops"
+    if t.get("final_crop"):
+        crops += (f" until step {t.get('final_crop_from')}, then batch {t.get('final_batch_size') or t.get('batch_size')}"
+                  f" x {t.get('final_crop')}px")
+    lr = f"Adam lr {t.get('lr')} betas {t.get('betas')}, grad clip {t.get('grad_clip')}"
+    if t.get("lr_schedule") == "cosine":
+        lr += f", {t.get('warmup_steps')} warm-up steps then cosine to {t.get('lr_min_ratio')} x lr"
+    perc = f"EfficientNet feature distance (LPIPS-style, *not* LPIPS) x{t.get('w_perceptual')}"
+    if t.get("perceptual_start"):
+        perc += f" from step {t.get('perceptual_start')}"
+    adv = (f"PatchGAN hinge x{t.get('w_adv')} from step {t.get('disc_start')}" if t.get("w_adv")
+           else "no adversarial term")
+    depth = ("every prefix depth 1..pixel depth an equal share of each batch (stratified)"
+             if t.get("depth_mode") == "stratified"
+             else f"random pixel prefix depth with p={t.get('pixel_prefix_prob')}")
+    return (f"{crops}, {lr}; losses: MSE x{t.get('w_mse')}, {perc}, {adv}, commitment x{t.get('w_commit')}, "
+            f"semantic cosine + 4-fold chunked cosine x{t.get('w_semantic')}; {depth}; {t.get('steps')} steps, "
+            f"{t.get('threads') or 'default'} torch threads.")
+
+
 def write_card(folder: Path, result: EvalResult, *, command: str, eval_command: str, notes: list[str]) -> None:
     card_path = folder / "config.json"
     card: dict[str, Any] = json.loads(card_path.read_text())
@@ -39,15 +61,10 @@ def write_card(folder: Path, result: EvalResult, *, command: str, eval_command: 
         f"- **Training**: {prov.get('steps')} steps, {prov.get('wall_minutes')} min wall time, "
         f"{prov.get('world_size')} process(es) on `{prov.get('device')}` (a 2-core CPU development machine; "
         "**not a GPU run**), torch " + str(prov.get("torch")) + f", git `{str(prov.get('git_commit'))[:12]}`.",
-        f"- **Recipe**: batch {tcfg.get('batch_size')} x {tcfg.get('crop')}px crops, Adam lr {tcfg.get('lr')} "
-        f"betas {tcfg.get('betas')}, grad clip {tcfg.get('grad_clip')}; losses: MSE x{tcfg.get('w_mse')}, "
-        f"EfficientNet feature distance (LPIPS-style, *not* LPIPS) x{tcfg.get('w_perceptual')}, PatchGAN hinge "
-        f"x{tcfg.get('w_adv')} from step {tcfg.get('disc_start')}, commitment x{tcfg.get('w_commit')}, semantic "
-        f"cosine + 4-fold chunked cosine x{tcfg.get('w_semantic')}; random pixel prefix depth with p="
-        f"{tcfg.get('pixel_prefix_prob')}.",
+        f"- **Recipe** (`evotok train --recipe`, `model/train/trainer.py` RECIPES): {_recipe(tcfg)}",
         "- **Data**: `data/split.json` (`evotok data`): real photos from the Debian packages "
         "plasma-workspace-wallpapers, mate-backgrounds, lomiri-wallpapers-20.04, opencv-doc and the "
-        "scikit-image / scikit-learn / matplotlib wheels, multi-scale random 256px crops with flips. "
+        "scikit-image / scikit-learn / matplotlib wheels, multi-scale random crops with flips. "
         "Held out (never trained on): the 5 palapeli-data photos and 3 opencv-doc photos.",
         "",
         "## Reproduce",
