@@ -30,7 +30,7 @@ serve: venv
 test: venv system-deps
 	$(BIN)/ruff check .
 	scripts/typecheck.sh
-	$(BIN)/pytest -m "not gpu" -q
+	$(BIN)/pytest -m "not gpu" -q --durations=25
 
 typecheck: venv
 	scripts/typecheck.sh
