@@ -197,13 +197,24 @@ class RedisBatcher(Batcher):
             self._pending.pop(rid, None)
         return self._result(reply)
 
+    async def _admit_retrying_stale(self, keys: list[Any], args: list[Any]) -> Any:
+        """The admission script, sent once more on a ``ConnectionError``. A pooled connection that outlived a Redis
+        restart fails on its first use ("Connection closed by server") seconds after Redis is back; redis-py drops
+        the failed connection, so the second attempt goes out on a fresh one (and fails fast again if Redis is
+        really down). The dead socket never delivered the first attempt; were it ever delivered, the duplicate
+        entry would only cost a dropped duplicate reply."""
+        try:
+            return await self._admit(keys=keys, args=args)
+        except redis.ConnectionError:
+            return await self._admit(keys=keys, args=args)
+
     async def _admit_entry(self, op: Op, rid: str, dtype: str, shape: str, data: bytes, remaining_ms: int) -> None:
         s = self.settings
         keys = [self.keys.work(op), self.keys.bytes(op), self.keys.workers, self.keys.stats(op)]
         args: list[Any] = [s.redis_max_entries, s.redis_max_bytes, self._window_ms, remaining_ms, len(data),
                            "rid", rid, "reply", self.reply_key, "dtype", dtype, "shape", shape, "data", data]
         try:
-            res = await asyncio.wait_for(self._admit(keys=keys, args=args), timeout=remaining_ms / 1000)
+            res = await asyncio.wait_for(self._admit_retrying_stale(keys, args), timeout=remaining_ms / 1000)
         except TimeoutError as exc:  # asyncio's (deadline) or the socket's: the entry may still be written
             self._redis_ok = False
             self._mark_cancelled(rid, max(1000, remaining_ms + 5000))
