@@ -15,11 +15,13 @@ runtime call of ``B`` items cost ``A + B*b`` ms (GPU-like).
 
 The load generator is this process (a minimal asyncio HTTP/1.1 client, closed loop, one keep-alive
 connection per client); every request posts the
-same PNG photo (scikit-image ``chelsea``, centre-cropped to the model size). Reported per path, configuration
+same photo (scikit-image ``chelsea``, centre-cropped to the model size) as PNG, JPEG or the ``.npy`` model
+input (``--input``). Reported per path, configuration
 and concurrency: throughput, p50/p95/p99 latency, errors, the server's mean batch size (``/metrics``), and the
 CPU seconds spent by the client (this process, ``getrusage``) and by the servers (``/proc/<pid>/stat``) during
-the level. The runtime limit is ``max over B of B / t(encode(B))`` measured in this process after the servers
-stopped. Prints markdown tables; the last line gives the on/off ratios at the highest concurrency per path.
+the level. The runtime limit (``_runtime_limit``) is the best images/s of ``encode`` without HTTP, over batch
+sizes and call arrangements (the servers' lanes and one call at a time), measured in this process after the
+servers stopped. Prints markdown tables; the last line gives the on/off ratios at the highest concurrency per path.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ def _env(args: argparse.Namespace, config: str) -> dict[str, str]:
         env["EVOTOK_WEIGHTS"] = args.weights
     if args.threads:
         env["EVOTOK_THREADS"] = str(args.threads)
+    env["EVOTOK_RUNTIME_LANES"] = str(args.lanes)
     return env
 
 
@@ -229,7 +232,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 # --- load generation -------------------------------------------------------------------------------------------
-def _photo_png(size: int) -> tuple[bytes, np.ndarray]:
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "npy": "application/x-npy"}
+
+
+def _photo_body(size: int, kind: str) -> tuple[bytes, np.ndarray]:
+    """The request body every client posts: the photo fitted to the model size, as PNG, JPEG (quality 95) or
+    the ``.npy`` model input (``uint8 (S, S, 3)``: no decoding on the server)."""
     from PIL import Image
 
     try:
@@ -242,7 +250,10 @@ def _photo_png(size: int) -> tuple[bytes, np.ndarray]:
 
     crop = fit_to_model(Image.fromarray(arr), size, "center-crop")
     buf = io.BytesIO()
-    Image.fromarray(crop).save(buf, format="PNG")
+    if kind == "npy":
+        np.save(buf, crop, allow_pickle=False)
+    else:
+        Image.fromarray(crop).save(buf, format=kind.upper(), **({"quality": 95} if kind == "jpeg" else {}))
     return buf.getvalue(), crop
 
 
@@ -261,14 +272,15 @@ def _batch_stats(servers: Servers) -> tuple[float, float]:
     return total, count
 
 
-async def _closed_loop(url: str, body: bytes, concurrency: int, duration: float) -> tuple[list[float], int, float]:
+async def _closed_loop(url: str, body: bytes, concurrency: int, duration: float,
+                       content_type: str = "image/png") -> tuple[list[float], int, float]:
     """``concurrency`` clients, each on its own keep-alive connection, POST /encode back to back.
 
     A minimal HTTP/1.1 client on asyncio streams (request bytes prepared once, response read by Content-Length):
     on a 2-core machine httpx spent more CPU per request than the server, so the client was the bottleneck.
     """
     host, port = url.removeprefix("http://").split(":")
-    head = (f"POST /encode HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\nAccept: application/x-npy\r\n"
+    head = (f"POST /encode HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nAccept: application/x-npy\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     request = head + body
     latencies: list[float] = []
@@ -318,7 +330,7 @@ class _Pool:
 def _round(args: argparse.Namespace, servers: Servers, c: int, body: bytes, pool: _Pool) -> None:
     s0, n0 = _batch_stats(servers)
     cpu0, scpu0 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
-    lat, errors, elapsed = asyncio.run(_closed_loop(servers.url, body, c, args.duration))
+    lat, errors, elapsed = asyncio.run(_closed_loop(servers.url, body, c, args.duration, CONTENT_TYPES[args.input]))
     cpu1, scpu1 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
     s1, n1 = _batch_stats(servers)
     pool.latencies += lat
@@ -350,7 +362,7 @@ def _run_path(args: argparse.Namespace, path: str, body: bytes, workdir: Path) -
     try:
         for config in args.configs:
             servers[config] = _start(args, path, config, workdir)
-            asyncio.run(_closed_loop(servers[config].url, body, 2, 1.0))  # warm connections and caches
+            asyncio.run(_closed_loop(servers[config].url, body, 2, 1.0, CONTENT_TYPES[args.input]))  # warm connections and caches
         for c in args.concurrency:
             pools = {config: _Pool([]) for config in args.configs}
             for _ in range(args.repeat):
@@ -364,29 +376,54 @@ def _run_path(args: argparse.Namespace, path: str, body: bytes, workdir: Path) -
 
 
 def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]:
+    """``max`` images/s of ``runtime.encode`` without HTTP, over batch sizes and arrangements: the servers'
+    own (their threads per lane, called by 1 and by ``lanes`` threads at once) and, where that is several
+    lanes, one call at a time over all cores (the one-lane arrangement). The best of all is the limit."""
     if args.fake:
         a, c = _cost(args.fake_cost_ms) or (20.0, 0.0)
-        per = {b: 1000 * b / (a + b * c) for b in sorted({1, 2, 4, 8, 16, 32, args.max_batch_size})}
-        best = max(per, key=lambda b: per[b])
-        return {"items_per_s_by_batch": per, "best_batch": best, "best_items_per_s": per[best], "note": "fake cost model"}
-    from evotok.service.runtime_setup import build_runtime
+        per = {b: 1000 * b / (a + b * c) for b in sorted({1, 2, 4, 8, 16, 32, args.max_batch_size}) if a + b * c > 0}
+        best = max(per, key=lambda b: per[b]) if per else 1
+        return {"items_per_s_by_batch": per, "best_batch": best, "best_items_per_s": per.get(best, float("inf")),
+                "best_arrangement": "fake", "note": "fake cost model"}
+    import threading
+
+    from evotok.service.runtime_setup import build_runtime, planned_lanes, runtime_options
     from evotok.service.settings import Settings
 
-    runtime = build_runtime(Settings(**{k: v for k, v in {"weights": args.weights, "backend": args.backend,
-                                                          "threads": args.threads}.items() if v}))
-    per = {}
-    for b in sorted({1, 2, 4, 8, 16, 32, args.max_batch_size}):
-        batch = np.repeat(crop[None], b, axis=0)
-        runtime.encode(batch)  # warm this shape
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < args.limit_seconds or n < 2:
-            runtime.encode(batch)
-            n += 1
-        per[b] = b * n / (time.perf_counter() - t0)
-        sys.stderr.write(f"[runtime] B={b}: {per[b]:.1f} img/s\n")
-    runtime.close()
-    best = max(per, key=lambda k: per[k])
-    return {"items_per_s_by_batch": per, "best_batch": best, "best_items_per_s": per[best]}
+    base = {k: v for k, v in {"weights": args.weights, "backend": args.backend, "threads": args.threads}.items() if v}
+    lanes = planned_lanes(Settings(**base, runtime_lanes=args.lanes))
+    arrangements = [(lanes, c) for c in sorted({1, lanes})] + ([(1, 1)] if lanes > 1 else [])
+    per: dict[str, dict[int, float]] = {}
+    for server_lanes, callers in arrangements:
+        settings = Settings(**base, runtime_lanes=server_lanes)
+        threads = runtime_options(settings).get("threads", "all")
+        name = f"threads={threads} x {callers} caller(s)"
+        runtime = build_runtime(settings)
+        per[name] = {}
+        for b in sorted({1, 2, 4, 8, 16, args.max_batch_size}):
+            batch = np.repeat(crop[None], b, axis=0)
+            runtime.encode(batch)  # warm this shape
+            counts = [0] * callers
+            stop = time.perf_counter() + args.limit_seconds
+
+            def loop(i: int, batch: np.ndarray = batch, counts: list[int] = counts, stop: float = stop,
+                     runtime: Any = runtime) -> None:
+                while time.perf_counter() < stop or counts[i] < 2:
+                    runtime.encode(batch)
+                    counts[i] += 1
+
+            t0 = time.perf_counter()
+            threads_ = [threading.Thread(target=loop, args=(i,)) for i in range(callers)]
+            for t in threads_:
+                t.start()
+            for t in threads_:
+                t.join()
+            per[name][b] = b * sum(counts) / (time.perf_counter() - t0)
+            sys.stderr.write(f"[runtime] {name} B={b}: {per[name][b]:.1f} img/s\n")
+        runtime.close()
+    best_name, best_b = max(((n, b) for n in per for b in per[n]), key=lambda nb: per[nb[0]][nb[1]])
+    return {"items_per_s": per, "best_arrangement": best_name, "best_batch": best_b,
+            "best_items_per_s": per[best_name][best_b], "lanes": lanes}
 
 
 def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespace) -> str:
@@ -397,7 +434,11 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
                     f"{lv.p50_ms:.1f} | {lv.p95_ms:.1f} | {lv.p99_ms:.1f} | {lv.mean_batch:.2f} | {lv.errors} | "
                     f"{lv.client_cpu_s:.1f} | {lv.server_cpu_s:.1f} |")
     rows.append("")
-    rows.append(f"Runtime limit without HTTP: {limit['best_items_per_s']:.1f} img/s at B={limit['best_batch']}.")
+    for name, by_b in limit.get("items_per_s", {}).items():
+        rows.append(f"Runtime without HTTP, {name}: " + ", ".join(f"B={b} {v:.1f}" for b, v in by_b.items())
+                    + " img/s")
+    rows.append(f"Runtime limit without HTTP: {limit['best_items_per_s']:.1f} img/s at B={limit['best_batch']} "
+                f"({limit['best_arrangement']}); servers ran {limit.get('lanes', 1)} lane(s).")
     top = max(args.concurrency)
     ratios = []
     for path in args.paths:
@@ -433,6 +474,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--weights", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--threads", type=int, default=0, help="runtime intra-op threads (0 = library default)")
+    p.add_argument("--input", choices=sorted(CONTENT_TYPES), default="png",
+                   help="request body: the photo as PNG, JPEG, or the .npy model input (no server-side decoding)")
+    p.add_argument("--lanes", type=int, default=0, help="EVOTOK_RUNTIME_LANES of the servers (0 = auto)")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level and round")
     p.add_argument("--repeat", type=int, default=1, help="interleaved rounds per level (pooled)")
@@ -449,7 +493,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     size = 64 if args.fake else _model_size(args)
-    body, crop = _photo_png(size)
+    body, crop = _photo_body(size, args.input)
     levels: list[Level] = []
     with tempfile.TemporaryDirectory(prefix="evotok-bench-") as tmp:
         for path in args.paths:

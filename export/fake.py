@@ -34,6 +34,7 @@ class FakeRuntime(Runtime):
         delay_s: float = 0.0,
         cost_ms: tuple[float, float] | None = None,
         hang_file: Path | str | None = None,
+        concurrent: bool = False,
     ) -> None:
         self.info = ModelInfo(
             name="fake",
@@ -52,6 +53,10 @@ class FakeRuntime(Runtime):
         self.cost_ms = cost_ms
         self.hang_file = Path(hang_file) if hang_file else None
         self.batch_sizes: list[int] = []  # observed batch sizes, for batching tests
+        self.concurrent = concurrent  # GPU-like by default: one call at a time
+
+    def concurrent_calls(self) -> bool:
+        return self.concurrent
 
     def _sleep(self, n: int) -> None:
         self.batch_sizes.append(n)

@@ -137,6 +137,11 @@ class OrtRuntime(Runtime):
         if warmup_batches:
             self.warmup(warmup_batches)
 
+    def concurrent_calls(self) -> bool:
+        """``InferenceSession.run`` is thread-safe and this class keeps no state between calls; on the CPU
+        provider alone, concurrent calls are what lets a small model use every core (``docs/benchmarks.md``)."""
+        return set(self.info.providers) <= {"CPUExecutionProvider"}
+
     def _run(self, graph: str, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
         out: npt.NDArray[Any] = self.sessions[graph].run(None, {self._in[graph]: x})[0]
         return out

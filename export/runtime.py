@@ -43,6 +43,11 @@ class Runtime(ABC):
         """``(B, h, w, d)`` codes -> ``(B, h*w, C)`` float32 semantic features from the first
         ``min(d, semantic_depth)`` depths."""
 
+    def concurrent_calls(self) -> bool:
+        """True when two threads may call this Runtime at once (lanes, ``service/runtime_setup.py``). Off by
+        default: a TensorRT execution context or a compiled torch module is not shared between threads."""
+        return False
+
     def embed_images(self, images: U8) -> F32:
         """``(B, H, W, 3)`` uint8 -> ``(B, h*w, C)`` float32: encode, then the semantic decoder."""
         return self.embed_codes(self.encode(images))

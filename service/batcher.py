@@ -68,6 +68,10 @@ class Batcher(ABC):
         """Per-op batch caps and the per-item times they were chosen from, when this process knows them."""
         return None
 
+    def runtime_lanes(self) -> int | None:
+        """Runtime calls that may run at once in this process, when it runs the Runtime itself."""
+        return None
+
     @abstractmethod
     async def submit(self, op: Op, payload: npt.NDArray[Any], deadline: float) -> npt.NDArray[Any]:
         """Queue one item and wait for its result. ``deadline`` is ``time.monotonic()`` based.

@@ -1,4 +1,5 @@
-"""Codes on the wire: JSON nested lists ``[h][w][depth]`` or ``.npy`` (no pickle), validated against the model.
+"""Codes on the wire: JSON nested lists ``[h][w][depth]`` or ``.npy`` (no pickle), validated against the model;
+and pre-processed images as ``.npy`` (``images_from_npy``, the tensor input of ``POST /encode``).
 
 Valid codes for a model with grid ``g``, ``D`` depths and codebook size ``K``:
 
@@ -89,7 +90,8 @@ def codes_from_json(obj: Any, info: ModelInfo) -> U16:
     return validate_codes(arr, info)
 
 
-def _npy_header(buf: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+def _npy_header(buf: io.BytesIO, error: type[InvalidInput] = InvalidCodes) -> tuple[tuple[int, ...], bool,
+                                                                                   np.dtype[Any]]:
     try:
         version = np.lib.format.read_magic(buf)
         if version == (1, 0):
@@ -99,7 +101,7 @@ def _npy_header(buf: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
-        raise InvalidCodes(f"not a valid .npy file (pickle is not allowed): {exc}") from exc
+        raise error(f"not a valid .npy file (pickle is not allowed): {exc}") from exc
     shape, fortran, dtype = header
     return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
 
@@ -121,6 +123,38 @@ def codes_from_npy(data: bytes, info: ModelInfo) -> U16:
         raise InvalidCodes(f".npy payload is {len(data) - offset} bytes; shape {shape} of {dtype} needs {expected}")
     arr = np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape, order="F" if fortran else "C")
     return validate_codes(arr, info)
+
+
+def max_image_npy_bytes(info: ModelInfo, max_images: int) -> int:
+    """The largest ``.npy`` image body worth reading: ``max_images`` model-size uint8 images and a header."""
+    return max_images * info.image_size * info.image_size * 3 + 4096
+
+
+def images_from_npy(data: bytes, info: ModelInfo, max_images: int) -> tuple[list[npt.NDArray[np.uint8]], bool]:
+    """``.npy`` bytes of model inputs -> ``(S, S, 3)`` uint8 images, and whether the batch form was used.
+
+    Accepted: uint8 ``(S, S, 3)`` (one image) or ``(B, S, S, 3)`` with ``1 <= B <= max_images`` (the batch
+    form), ``S`` = the model's image size, RGB in [0, 255]: images already decoded and fitted by the client
+    (no EXIF, alpha or resizing happens here). The header is checked before the array exists.
+    """
+    if not data:
+        raise InvalidInput("empty body: expected a .npy file")
+    buf = io.BytesIO(data)
+    shape, fortran, dtype = _npy_header(buf, InvalidInput)
+    s = info.image_size
+    if dtype != np.uint8:
+        raise InvalidInput(f"an image .npy must be uint8 RGB in [0, 255] (pickle is not allowed), got dtype {dtype}")
+    batch_form = len(shape) == 4
+    if shape[-3:] != (s, s, 3) or len(shape) not in (3, 4) or (batch_form and not 1 <= shape[0] <= max_images):
+        raise InvalidInput(f"an image .npy must have shape ({s}, {s}, 3) or (B, {s}, {s}, 3) with B in "
+                           f"1..{max_images} (decoded and fitted to the model input), the header says {shape}")
+    offset = buf.tell()
+    expected = math.prod(shape)
+    if len(data) - offset != expected:
+        raise InvalidInput(f".npy payload is {len(data) - offset} bytes; shape {shape} of uint8 needs {expected}")
+    arr = np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape, order="F" if fortran else "C")
+    batch = arr if batch_form else arr[None]
+    return [np.array(im, order="C") for im in batch], batch_form  # own, writable copies of the body
 
 
 def to_npy(arr: npt.NDArray[Any]) -> bytes:

@@ -28,6 +28,7 @@ op              runtime method           payload (one item)               result
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -296,22 +297,24 @@ def error_code(exc: BaseException) -> str:
 
 
 class CallWatch:
-    """Liveness of the runtime thread: a call running longer than ``bound_s`` means the process is stuck
-    (``/healthz`` 503, so the orchestrator restarts it). Written by the runtime thread, read by probes."""
+    """Liveness of the runtime lanes: a call running longer than ``bound_s`` means the process is stuck
+    (``/healthz`` 503, so the orchestrator restarts it). Written by the runtime threads (one entry per thread,
+    so concurrent lanes are watched each), read by probes."""
 
     def __init__(self, bound_s: float) -> None:
         self.bound_s = bound_s
-        self._started: float | None = None
+        self._started: dict[int, float] = {}
 
     def begin(self) -> None:
-        self._started = time.monotonic()
+        self._started[threading.get_ident()] = time.monotonic()
 
     def end(self) -> None:
-        self._started = None
+        self._started.pop(threading.get_ident(), None)
 
     def age_s(self) -> float:
-        started = self._started
-        return 0.0 if started is None else time.monotonic() - started
+        """Age of the oldest call in progress (0 when none)."""
+        oldest = min(list(self._started.values()), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def problem(self) -> str | None:
         age = self.age_s()

@@ -1,12 +1,15 @@
-"""The embedded adapter of the batching core: an asyncio entry list in the API process and one runtime thread.
+"""The embedded adapter of the batching core: an asyncio entry list in the API process and its runtime lanes.
 
 ``submit`` admits an item (at most ``max_queue_size`` queued + running, else ``Overloaded`` -> 429 with
 Retry-After), appends an ``Entry`` holding its future and awaits it until the deadline (``DeadlineExceeded``
 -> 504). One task asks ``core.next_batch`` what to do with the entries (clock: ``time.monotonic()``), answers the
-entries it drops, and runs each batch on the runtime thread through ``core.execute`` (the Runtime is never
-touched by two threads, nor by the event loop). A failing batch fails only its own items; the loop goes on.
+entries it drops, and runs each batch on a runtime thread through ``core.execute`` (never on the event loop).
+At most ``lanes`` batches run at once (``runtime_setup.resolve_lanes``: 1 unless the Runtime allows concurrent
+calls, e.g. ONNX Runtime on the CPU, where a lane per core serves more images/s than one call using every
+core); a batch is formed only when a lane is free, so the delay and cap rules see every waiting entry. A
+failing batch fails only its own items; the loop goes on.
 
-The same thread loads, warms, self-tests the Runtime and measures the batch caps (``prepare``, through
+A runtime thread loads, warms, self-tests the Runtime and measures the batch caps (``prepare``, through
 ``runtime_setup``) before the batcher is ready. A runtime call running longer than ``hang_s`` makes
 ``liveness_problem`` report it (``/healthz`` 503).
 """
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_LANES = 64  # threads the runtime executor may start (lanes are capped by EVOTOK_RUNTIME_LANES <= 64)
 Array = Any  # numpy arrays (see core.py for shapes)
 Fut = asyncio.Future[Array]
 
@@ -75,7 +79,8 @@ class BatchRecord:
 
 class InProcessBatcher(Batcher):
     def __init__(self, policy: BatchPolicy, max_queue_size: int = 256, history: int = 1000, *,
-                 runtime_factory: Callable[[], Runtime] | None = None, hang_s: float = 60.0) -> None:
+                 runtime_factory: Callable[[], Runtime] | None = None, hang_s: float = 60.0,
+                 lanes: int = 1) -> None:
         self.policy = policy
         self.max_queue_size = max_queue_size
         self.entries: list[Entry[Item]] = []
@@ -84,10 +89,13 @@ class InProcessBatcher(Batcher):
         self.batches: collections.deque[BatchRecord] = collections.deque(maxlen=history)
         self._factory = runtime_factory
         self._caps: dict[str, Any] | None = None
-        self._running = 0
+        self.lanes = lanes
+        self._running = 0  # items in the batches now running
+        self._active: set[asyncio.Task[None]] = set()  # the batches now running, at most ``lanes``
         self._runtime: Runtime | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evotok-runtime")
+        self._executor = ThreadPoolExecutor(max_workers=MAX_LANES, thread_name_prefix="evotok-runtime")
         self._wakeup: asyncio.Event | None = None
+        self._lane_free: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._draining = False
 
@@ -95,15 +103,18 @@ class InProcessBatcher(Batcher):
     async def start(self) -> None:
         if self._task is None:
             self._wakeup = asyncio.Event()
+            self._lane_free = asyncio.Event()
             self._task = asyncio.create_task(self._loop(), name="evotok-batcher")
 
     async def run_in_worker(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the runtime thread (load, warm-up, self-test) without blocking the loop."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    def attach(self, runtime: Runtime, policy: BatchPolicy | None = None) -> None:
-        """Hand over a loaded, warmed, self-tested Runtime (and the policy with its caps): ready from now on."""
+    def attach(self, runtime: Runtime, policy: BatchPolicy | None = None, lanes: int | None = None) -> None:
+        """Hand over a loaded, warmed, self-tested Runtime (and the policy with its caps, and how many calls
+        may run at once): ready from now on."""
         self.policy = policy or self.policy
+        self.lanes = min(MAX_LANES, lanes or self.lanes)
         self._runtime = runtime
 
     async def prepare(self, state: ServiceState) -> None:
@@ -141,7 +152,7 @@ class InProcessBatcher(Batcher):
             for op, seconds in prepared.batch_s().items():
                 self.times.seed(op, seconds, prepared.policy.cap(op))
             self._caps = prepared.caps_dict()
-            self.attach(runtime, prepared.policy)
+            self.attach(runtime, prepared.policy, prepared.lanes)
             state.phase = "ready"
             metrics.READY.set(1)
             log.info("ready: self-test agreement %.4f", prepared.self_test.agreement)
@@ -163,6 +174,9 @@ class InProcessBatcher(Batcher):
     def batch_caps(self) -> dict[str, Any] | None:
         return self._caps
 
+    def runtime_lanes(self) -> int | None:
+        return self.lanes if self._runtime is not None else None
+
     def stats(self) -> BatcherStats:
         now = time.monotonic()
         oldest = min((e.enqueued for e in self.entries), default=now)
@@ -179,7 +193,7 @@ class InProcessBatcher(Batcher):
         if self._wakeup is not None:
             self._wakeup.set()  # a batch still forming closes now ("drain")
         end = time.monotonic() + timeout_s
-        while (self.entries or self._running) and time.monotonic() < end and self.alive:
+        while (self.entries or self._active) and time.monotonic() < end and self.alive:
             await asyncio.sleep(0.01)
         for entry in self.entries:
             if not entry.ref.future.done():
@@ -189,6 +203,10 @@ class InProcessBatcher(Batcher):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._active):  # past the drain timeout: answer what still runs
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, runtime.close)
@@ -229,8 +247,12 @@ class InProcessBatcher(Batcher):
 
     # --- the loop: core decides, this adapter waits, runs and answers --------------------------------
     async def _loop(self) -> None:
-        assert self._wakeup is not None
+        assert self._wakeup is not None and self._lane_free is not None
         while True:
+            if len(self._active) >= self.lanes:  # every lane busy: form the next batch when one frees
+                self._lane_free.clear()
+                await self._lane_free.wait()
+                continue
             now = time.monotonic()
             for e in self.entries:
                 e.cancelled = e.ref.future.done()  # the client went away (or submit gave up)
@@ -249,13 +271,22 @@ class InProcessBatcher(Batcher):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
                 continue
             metrics.observe_formed(decided, now)
-            await self._run(decided)
+            task = asyncio.create_task(self._run(decided), name="evotok-batch")
+            self._active.add(task)
+            task.add_done_callback(self._lane_done)
+
+    def _lane_done(self, task: asyncio.Task[None]) -> None:
+        self._active.discard(task)
+        if self._lane_free is not None:
+            self._lane_free.set()
+        if not task.cancelled() and task.exception() is not None:  # _run answers its items; this is a bug
+            log.error("batch task failed", exc_info=task.exception())
 
     async def _run(self, batch: Batch[Item]) -> None:
         runtime, op, n = self._runtime, batch.op, len(batch.entries)
         payloads = [e.ref.payload for e in batch.entries]
-        self._running = n
-        metrics.QUEUE_ENTRIES.labels(op, "pending").set(n)
+        self._running += n
+        metrics.QUEUE_ENTRIES.labels(op, "pending").inc(n)
         self.publish_gauges()
         try:
             if runtime is None:
@@ -264,9 +295,14 @@ class InProcessBatcher(Batcher):
                                                                     batch.key)
         except NotReady as gone:
             done = Executed(op, n, None, gone, 0.0)
+        except asyncio.CancelledError:  # drain gave up on this batch: its callers get an answer, not silence
+            for e in batch.entries:
+                if not e.ref.future.done():
+                    e.ref.future.set_exception(NotReady("server is shutting down"))
+            raise
         finally:
-            self._running = 0
-            metrics.QUEUE_ENTRIES.labels(op, "pending").set(0)
+            self._running -= n
+            metrics.QUEUE_ENTRIES.labels(op, "pending").dec(n)
         if done.results is None:
             err = done.error
             log.error("batch of %d %s items failed: %r", n, op, err)

@@ -95,6 +95,8 @@ BATCH_FORMATION = Histogram(
 BATCH_CLOSE_REASON = Counter("evotok_batch_close_reason", "Why batches closed", ["op", "reason"])
 BATCH_CAP = Gauge("evotok_batch_cap", "Effective batch cap per op (measured at warm-up when auto)", ["op"],
                   multiprocess_mode="livemax")
+RUNTIME_LANES = Gauge("evotok_runtime_lanes", "Runtime calls that may run at once in this process",
+                      multiprocess_mode="livemax")
 STAGE_DURATION = Histogram(
     "evotok_stage_duration_seconds", "Time per stage", ["op", "stage", "bucket"], buckets=LATENCY_BUCKETS
 )

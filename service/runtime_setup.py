@@ -9,6 +9,7 @@ runs the golden self-test and sets the batch caps (measured when ``EVOTOK_BATCH_
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,15 +25,37 @@ from evotok.service.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def planned_lanes(settings: Settings) -> int:
+    """Runtime calls that may run at once: ``EVOTOK_RUNTIME_LANES``, or for 0 (auto) one per usable core on
+    ONNX Runtime CPU (a single image cannot keep two cores busy through intra-op threads: one call per core
+    serves about 1.5x the images/s of one call over all cores, docs/benchmarks.md), else 1 (GPU, TensorRT,
+    torch: one stream; batching is their parallelism)."""
+    if settings.runtime_lanes:
+        return settings.runtime_lanes
+    return usable_cores() if settings.backend == "onnxruntime" and settings.device == "cpu" else 1
+
+
 def runtime_options(settings: Settings) -> dict[str, Any]:
-    """Backend options from settings; the same dict in every process (the TensorRT precision drift lived here)."""
+    """Backend options from settings; the same dict in every process (the TensorRT precision drift lived here).
+    ONNX Runtime's intra-op threads default to the usable cores shared out between the lanes."""
     if settings.backend == "onnxruntime":
         options: dict[str, Any] = {
             "providers": ("cuda", "cpu") if settings.device == "cuda" else ("cpu",),
             "cache_dir": settings.cache_dir,
         }
+        lanes = planned_lanes(settings)
         if settings.threads:
             options["threads"] = settings.threads
+        elif lanes > 1 and settings.device == "cpu":
+            options["threads"] = max(1, usable_cores() // lanes)
         if settings.precision != "fp32":
             options["precision"] = settings.precision  # OrtRuntime refuses what its providers cannot run
         return options
@@ -62,6 +85,7 @@ class Prepared:
     caps: dict[Op, CapChoice]  # per op: measured per-item times and the chosen cap
     self_test: SelfTestResult
     details: dict[str, float] = field(default_factory=dict)  # warmup_s, self_test_s, cap_s
+    lanes: int = 1  # runtime calls that may run at once (resolve_lanes)
 
     def batch_s(self) -> dict[Op, float]:
         """Measured seconds of one batch at each op's cap (first estimate of deadline drops / admission)."""
@@ -69,6 +93,18 @@ class Prepared:
 
     def caps_dict(self) -> dict[str, Any]:
         return {op: c.to_dict() for op, c in self.caps.items()}
+
+
+def resolve_lanes(settings: Settings, runtime: Runtime) -> int:
+    """``planned_lanes``, checked against the built Runtime: a lane count above 1 on a runtime that does not
+    allow concurrent calls is refused when set explicitly, and falls back to 1 when automatic."""
+    lanes = planned_lanes(settings)
+    if lanes > 1 and not runtime.concurrent_calls():
+        if settings.runtime_lanes:
+            raise ValueError(f"EVOTOK_RUNTIME_LANES={settings.runtime_lanes}: the {runtime.info.backend} runtime "
+                             "on these providers does not allow concurrent calls; use 1 (or 0 = auto)")
+        return 1
+    return lanes
 
 
 def base_policy(settings: Settings) -> BatchPolicy:
@@ -96,6 +132,7 @@ def prepare_runtime(runtime: Runtime, settings: Settings,
     if not result.passed:
         return Prepared(policy, {}, result, details)
 
+    lanes = resolve_lanes(settings, runtime)
     phase("batch-cap")
     t0 = time.perf_counter()
     auto = settings.batch_cap == "auto" and settings.max_batch_size > 1
@@ -109,6 +146,8 @@ def prepare_runtime(runtime: Runtime, settings: Settings,
     policy = policy.with_caps({op: c.cap for op, c in caps.items()})
     for op in OPS:
         metrics.BATCH_CAP.labels(op).set(policy.cap(op))
-    log.info("batch caps (%s, upper bound %d): %s", "auto" if auto else "fixed", settings.max_batch_size,
-             ", ".join(f"{op} {c.cap} ({1000 * c.item_s[c.cap]:.1f} ms/item)" for op, c in caps.items()))
-    return Prepared(policy, caps, result, details)
+    metrics.RUNTIME_LANES.set(lanes)
+    log.info("batch caps (%s, upper bound %d): %s; %d runtime lane(s)", "auto" if auto else "fixed",
+             settings.max_batch_size,
+             ", ".join(f"{op} {c.cap} ({1000 * c.item_s[c.cap]:.1f} ms/item)" for op, c in caps.items()), lanes)
+    return Prepared(policy, caps, result, details, lanes)

@@ -60,6 +60,9 @@ class InfoResponse(BaseModel):
         None, description="per op: the effective cap and the per-item ms by batch size it was chosen from; with "
         "EVOTOK_QUEUE=redis, the smallest cap among the live workers and each live worker's cap "
         "({op: {cap, workers: {name: cap}}}), null until a worker has published its caps")
+    runtime_lanes: int | None = Field(
+        None, description="runtime calls that run at once in the API process (EVOTOK_RUNTIME_LANES, resolved); "
+        "null with EVOTOK_QUEUE=redis, where each worker process runs one call at a time")
 
 
 class HealthResponse(BaseModel):

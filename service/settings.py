@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     threads: int = Field(0, ge=0, description="intra-op threads for the runtime (0 = library default)")
+    runtime_lanes: int = Field(0, ge=0, le=64, description="runtime calls that may run at once in one process "
+                               "(0 = auto: the usable CPU cores when the runtime runs on the CPU and allows "
+                               "concurrent calls, else 1)")
     warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8])
     self_test_threshold: float = Field(1.0, ge=0.0, le=1.0, description="golden code agreement needed for /readyz")
 

@@ -20,7 +20,9 @@ from evotok.service.codes_io import (
     NPY_CONTENT_TYPE,
     codes_from_json,
     codes_from_npy,
+    images_from_npy,
     max_codes_body_bytes,
+    max_image_npy_bytes,
     parse_json,
 )
 from evotok.service.core import Op, op_bucket
@@ -79,7 +81,7 @@ def model_card(info: ModelInfo) -> dict[str, str]:
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
-def timeout_header(
+async def timeout_header(
     x_request_timeout_ms: float | None = Header(
         None, description="optional client deadline in ms; shortens (never extends) EVOTOK_REQUEST_TIMEOUT_S"
     ),
@@ -153,6 +155,18 @@ async def _read_capped(request: Request, cap: int, what: str) -> bytes:
             raise PayloadTooLarge(f"{what} body exceeds {cap} bytes; no valid {what} for this model is that large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_image_tensors(request: Request, state: ServiceState, info: ModelInfo) -> tuple[list[U8], bool]:
+    """Model inputs from an ``application/x-npy`` body (``codes_io.images_from_npy``), parsed off the event loop;
+    bodies larger than the largest valid batch get 413 before they are read."""
+    cap = state.settings.max_batch_images
+    body = await _read_capped(request, max_image_npy_bytes(info, cap), "image .npy")
+    start = time.perf_counter()
+    out = images_from_npy(body, info, cap)  # header checks and a view of the body: microseconds, no thread hop
+    metrics.STAGE_DURATION.labels("encode", "decode_input", op_bucket("encode", info)).observe(
+        time.perf_counter() - start)
+    return out
 
 
 async def read_codes(request: Request, info: ModelInfo, op: Op) -> npt.NDArray[np.uint16]:
@@ -271,10 +285,12 @@ async def submit_all(
     return await until_disconnect(request, run(), endpoint)
 
 
-async def timed(op: Op, info: ModelInfo, fn: Callable[[], T]) -> T:
-    """Run a CPU-bound output step (PNG/JSON/npy) in the thread pool, timed as ``op``'s ``encode_output``
-    stage (labels from the core's op table, the same as the worker's ``runtime`` stage of that op)."""
+async def timed(op: Op, info: ModelInfo, fn: Callable[[], T], inline: bool = False) -> T:
+    """Run an output step (PNG/JSON/npy) timed as ``op``'s ``encode_output`` stage (labels from the core's op
+    table, the same as the worker's ``runtime`` stage of that op): in the thread pool, or on the event loop
+    when ``inline`` (steps of a few microseconds, e.g. an ``.npy`` of codes, for which a thread hop costs more
+    CPU than the step)."""
     start = time.perf_counter()
-    out = await run_in_threadpool(fn)
+    out = fn() if inline else await run_in_threadpool(fn)
     metrics.STAGE_DURATION.labels(op, "encode_output", op_bucket(op, info)).observe(time.perf_counter() - start)
     return out

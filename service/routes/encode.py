@@ -17,7 +17,9 @@ from evotok.service.routes.common import (
     BINARY_SCHEMA,
     RAW_IMAGE_BODIES,
     decode_images,
+    media_type,
     model_card,
+    read_image_tensors,
     read_images,
     submit_all,
     timed,
@@ -45,6 +47,7 @@ _REQUEST_BODY: dict[str, Any] = {
             },
         },
         **RAW_IMAGE_BODIES,
+        NPY_CONTENT_TYPE: {"schema": {**_BINARY, "description": "uint8 (S, S, 3) or (B, S, S, 3) model inputs"}},
     },
 }
 _EXAMPLE = {"codes": [[[17, 405, 88], [903, 12, 7]], [[5, 5, 5], [1, 2, 3]]], "shape": [2, 2, 3], "depth": 3,
@@ -61,7 +64,10 @@ _EXAMPLE = {"codes": [[[17, 405, 88], [903, 12, 7]], [[5, 5, 5], [1, 2, 3]]], "s
         "Images are turned upright by their EXIF orientation, converted to 8-bit RGB (alpha flattened onto "
         "`background`, CMYK/16-bit/1-bit/palette converted, first frame of animations) and fitted to the "
         "model input by `resize` (default: centred square, bicubic to the model size). "
-        "`Accept: application/x-npy` returns uint16 codes as a `.npy` file (no pickle)."
+        "`Accept: application/x-npy` returns uint16 codes as a `.npy` file (no pickle). "
+        "`Content-Type: application/x-npy` sends model inputs instead of an image file: uint8 RGB of shape "
+        "(S, S, 3), or (B, S, S, 3) for the batch form, S = the model's `image_size` (no decoding, EXIF, alpha "
+        "or resizing is done for them)."
     ),
     response_model=EncodeResponse,
     openapi_extra={"requestBody": _REQUEST_BODY},
@@ -84,13 +90,16 @@ async def encode(
     if depth is not None and depth > info.num_depths:
         raise InvalidInput(f"depth must be in 1..{info.num_depths}, got {depth}")
     npy = wants_npy(request)
-    blobs, batch_form = await read_images(request, state)
-    images = await decode_images(blobs, state, info, resize, "encode", request, background)
+    if media_type(request) == NPY_CONTENT_TYPE:  # tensors already decoded and fitted by the client
+        images, batch_form = await read_image_tensors(request, state, info)
+    else:
+        blobs, batch_form = await read_images(request, state)
+        images = await decode_images(blobs, state, info, resize, "encode", request, background)
     codes = await submit_all(state, request, "encode", images, "encode")
     d = depth or info.num_depths
     out = np.stack([c[..., :d] for c in codes]).astype(np.uint16)  # (B, h, w, d)
     if npy:
-        body = await timed("encode", info, lambda: to_npy(out if batch_form else out[0]))
+        body = await timed("encode", info, lambda: to_npy(out if batch_form else out[0]), inline=len(out) <= 8)
         return Response(body, media_type=NPY_CONTENT_TYPE)
     card = model_card(info)
 

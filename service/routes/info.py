@@ -24,7 +24,7 @@ router = APIRouter(tags=["model"], dependencies=[Depends(require_api_key)])
             "codebook_size": 1024, "pixel_depth": 4, "semantic_depth": 16, "semantic_dim": 112,
             "backend": "onnxruntime", "precision": "fp32", "providers": ["CPUExecutionProvider"],
             "semantic_by_depth": [], "queue": "inprocess", "max_batch_size": 8, "max_queue_delay_ms": 5.0,
-            "batch_cap": "auto", "batch_caps": {"encode": {"cap": 1, "item_ms": {"1": 15.2, "2": 15.0}}}}}}},
+            "batch_cap": "auto", "batch_caps": {"encode": {"cap": 1, "item_ms": {"1": 15.2, "2": 15.0}}}, "runtime_lanes": 2}}}},
         **openapi_errors(401, 403, 503),
     },
 )
@@ -33,5 +33,6 @@ async def info(request: Request) -> dict[str, Any]:
     card = state.model_info().to_dict()
     s = state.settings
     card.update(queue=s.queue, max_batch_size=s.max_batch_size, max_queue_delay_ms=s.max_queue_delay_ms,
-                batch_cap=s.batch_cap, batch_caps=state.batcher.batch_caps())
+                batch_cap=s.batch_cap, batch_caps=state.batcher.batch_caps(),
+                runtime_lanes=state.batcher.runtime_lanes())
     return card

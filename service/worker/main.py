@@ -43,6 +43,12 @@ from evotok.service.worker.heartbeat import Heartbeat
 log = logging.getLogger(__name__)
 
 
+def worker_settings(settings: Settings) -> Settings:
+    """A worker is one lane: one runtime call at a time over all of its cores (its replicas are the lanes of
+    the Redis mode), so it builds its Runtime as an API process with ``EVOTOK_RUNTIME_LANES=1`` would."""
+    return settings.model_copy(update={"runtime_lanes": 1})
+
+
 def default_worker_name() -> str:
     """Stable across restarts when ``EVOTOK_WORKER_NAME`` is set (compose service / StatefulSet ordinal)."""
     return os.environ.get("EVOTOK_WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}"
@@ -113,6 +119,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.runtime_lanes > 1:
+        log.warning("EVOTOK_RUNTIME_LANES=%d: a worker runs one runtime call at a time; run more worker "
+                    "processes for more lanes", settings.runtime_lanes)
+    settings = worker_settings(settings)
 
     t0 = time.perf_counter()
     runtime = build_runtime(settings, args.fake_runtime, args.fake_delay_ms, _cost(args.fake_cost_ms))

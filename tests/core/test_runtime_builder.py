@@ -41,13 +41,15 @@ def _api_options(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> tuple[A
 
 def _worker_options(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str, dict[str, Any]]:
     from evotok.service.worker import build_runtime
+    from evotok.service.worker.main import worker_settings
 
     calls = _capture(monkeypatch)
     with pytest.raises(_Recorded):
-        build_runtime(settings, False, 0.0)
+        build_runtime(worker_settings(settings), False, 0.0)
     return calls[-1]
 
 
+@pytest.mark.parametrize("lanes", [1, 0])
 @pytest.mark.parametrize(
     ("backend", "device", "precision", "threads"),
     [
@@ -61,11 +63,18 @@ def _worker_options(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> tupl
     ],
 )
 def test_api_and_worker_build_the_same_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, backend: str,
-                                               device: str, precision: str, threads: int) -> None:
+                                               device: str, precision: str, threads: int, lanes: int) -> None:
+    """Identical options, except the one deliberate difference: a worker is one lane, so where the API process
+    runs several lanes (auto on ONNX Runtime CPU) it shares the cores out between them (threads per lane)."""
+    from evotok.service.runtime_setup import planned_lanes, usable_cores
+
     settings = Settings(backend=backend, device=device, precision=precision, threads=threads,  # type: ignore[arg-type]
-                        weights=tmp_path / "w", cache_dir=tmp_path / "cache")
+                        weights=tmp_path / "w", cache_dir=tmp_path / "cache", runtime_lanes=lanes)
     api = _api_options(settings, monkeypatch)
     worker = _worker_options(settings, monkeypatch)
+    api_lanes = planned_lanes(settings)
+    if api_lanes > 1 and not threads:
+        assert api[2].pop("threads") == max(1, usable_cores() // api_lanes)
     assert api == worker
     if backend in ("tensorrt", "torch"):
         assert api[2].get("precision") == precision  # the TensorRT drift: fp16 ran while fp32 was asked

@@ -273,3 +273,9 @@ def test_hang_up_while_sending_the_body_counts_as_a_disconnect(client: TestClien
     assert sent and sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
     assert disconnects() == before + 1
     assert errors_500() == before_500
+
+
+def test_info_reports_the_runtime_lanes(app_client) -> None:  # type: ignore[no-untyped-def]
+    """A runtime that does not allow concurrent calls runs one lane, whatever the auto rule would give."""
+    info = app_client().get("/info").json()
+    assert info["runtime_lanes"] == 1

@@ -132,3 +132,76 @@ async def test_drain_finishes_a_batch_that_is_still_forming() -> None:
     assert b.stats().queued == 1
     await b.drain(5.0)
     assert (await asyncio.wait_for(item, 1.0)).shape == (4, 4, 4)
+
+
+class _CountingRuntime(ServiceFakeRuntime):
+    """Records how many calls overlap (lanes)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(delay_s=delay_s)
+        import threading
+
+        self.lock, self.now, self.most = threading.Lock(), 0, 0
+
+    def concurrent_calls(self) -> bool:
+        return True
+
+    def encode(self, images):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return super().encode(images)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+async def test_lanes_bound_how_many_batches_run_at_once(lanes: int) -> None:
+    rt = _CountingRuntime(delay_s=0.05)
+    b = InProcessBatcher(BatchPolicy(1, 0.0), max_queue_size=64)
+    await b.start()
+    b.attach(rt, lanes=lanes)
+    images = [np.full((64, 64, 3), i, np.uint8) for i in range(12)]
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(b.submit("encode", im, _deadline()) for im in images))
+    elapsed = time.monotonic() - t0
+    assert rt.most == lanes  # as many calls at once as lanes, never more
+    assert elapsed >= 0.05 * 12 / lanes * 0.9  # 12 single-item batches of 50 ms over ``lanes`` lanes
+    for im, codes in zip(images, results, strict=True):
+        np.testing.assert_array_equal(codes, ServiceFakeRuntime.encode(rt, im[None])[0])
+    assert b.stats().in_flight == 0 and b.runtime_lanes() == lanes
+    await b.drain(1.0)
+
+
+async def test_batches_form_while_the_other_lanes_are_busy() -> None:
+    """With one lane busy, a full second lane forms its batch from what waits, at the cap."""
+    rt = _CountingRuntime(delay_s=0.1)
+    b = InProcessBatcher(BatchPolicy(4, 0.0), max_queue_size=64)
+    await b.start()
+    b.attach(rt, lanes=2)
+    first = asyncio.create_task(b.submit("encode", IMG, _deadline()))
+    await asyncio.sleep(0.02)  # lane 1 busy with a batch of 1
+    rest = [asyncio.create_task(b.submit("encode", IMG, _deadline())) for _ in range(5)]
+    await asyncio.gather(first, *rest)
+    assert rt.batch_sizes[0] == 1 and sum(rt.batch_sizes) == 6 and max(rt.batch_sizes) <= 4
+    await b.drain(1.0)
+
+
+def test_lanes_resolve_from_settings_and_the_runtime(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from evotok.service.runtime_setup import planned_lanes, resolve_lanes, usable_cores
+    from evotok.service.settings import Settings
+
+    def settings(**kw):  # type: ignore[no-untyped-def]
+        return Settings(weights=tmp_path, cache_dir=tmp_path, **kw)
+
+    assert planned_lanes(settings(backend="onnxruntime", device="cpu")) == usable_cores()
+    assert planned_lanes(settings(backend="onnxruntime", device="cuda")) == 1
+    assert planned_lanes(settings(backend="torch", device="cpu")) == 1
+    assert planned_lanes(settings(backend="tensorrt", device="cuda")) == 1
+    serial, concurrent = ServiceFakeRuntime(), _CountingRuntime(0.0)
+    assert resolve_lanes(settings(runtime_lanes=3), concurrent) == 3
+    assert resolve_lanes(settings(runtime_lanes=0, backend="onnxruntime", device="cpu"), serial) == 1  # falls back
+    with pytest.raises(ValueError, match="does not allow concurrent calls"):
+        resolve_lanes(settings(runtime_lanes=2), serial)
