@@ -22,25 +22,21 @@ TRAIN_SMALL_COMMAND = (
     "evotok data && evotok train --recipe evotok-small --out runs/evotok-small --resume "
     "--export-weights weights/evotok-small && evotok export --weights weights/evotok-small --golden"
 )
-CARD_NOTES = [
-    "Trained on a 2-core CPU shared with other jobs (the wall time above includes pauses while the run was stopped "
-    "for benchmarks; unpaused it is about 30-45 min, docs/eval/ablation.md); no GPU was available.",
-    "Quantizer settings differ from the reference where its large-batch assumptions fail at ~1k residuals per "
-    "step (see model/config.py): EMA decay 0.95, restart below half the uniform rate, no count floor, no warm-up.",
-    "The semantic teacher is ImageNet EfficientNet-Lite0 (block 10, 112-d), not SigLIP2: semantic numbers measure "
-    "agreement with that teacher only.",
-    "Compared with the first shipped model (v1, 12.0 GFLOP decoder, 18.51 dB, colour error 8.90 with a red cast, "
-    "crop FID 223): +1.0 dB PSNR, no systematic colour cast, semantic cosine 0.830 vs 0.813, decoder 3.26 GFLOP "
-    "(ONNX Runtime CPU decode 2.9-3.3x faster); but visibly more blurred (crop FID 303.6) and depth 1 uses 78% of "
-    "its codes (v1 94%).",
-    "Issue targets: PSNR@4 >= 23 dB: NOT reached (19.54); PSNR@4 - PSNR@1 >= 1.5 dB with >= 0.2 dB per depth: NOT "
-    "reached (0.51; steps +0.34, +0.12, +0.05); colour error <= 3/255: NOT reached (5.66); semantic cosine@16 >= "
-    "0.85: NOT reached (0.830, rising with depth); usage >= 80% at every depth: NOT reached at depth 1 (78%; 91-95% "
-    "at depths 2-16); decoder <= 4 GFLOP: reached (3.26); decode >= 2.5x faster: reached (2.9-3.3x); training "
-    "<= 150 min: reached.",
-    "The adversarial term is off: 400 PatchGAN steps on top of this model cost 2.2 dB and brought a systematic "
-    "colour cast back (docs/eval/ablation.md).",
-]
+CARD_NOTES_FILE = "CARD_NOTES.md"  # in the model folder: one "- " bullet per note, kept by `evotok eval --write-card`
+
+
+def card_notes(folder: Path) -> list[str]:
+    """The release notes of a model folder (what the numbers cannot say), from ``CARD_NOTES.md``; none if absent."""
+    path = folder / CARD_NOTES_FILE
+    if not path.exists():
+        return []
+    notes: list[str] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("- "):
+            notes.append(line[2:].strip())
+        elif line.strip() and notes:
+            notes[-1] += " " + line.strip()  # a wrapped bullet
+    return notes
 
 
 def _setup_logging() -> None:
@@ -133,12 +129,13 @@ def eval_main(argv: list[str]) -> int:
         from evotok.model.train.model_card import write_card
         from evotok.paths import default_weights_dir
 
+        folder = args.weights or default_weights_dir()
         write_card(
-            args.weights or default_weights_dir(),
+            folder,
             result,
             command=TRAIN_SMALL_COMMAND,
             eval_command="evotok eval --weights weights/evotok-small --out docs/eval --write-card",
-            notes=CARD_NOTES,
+            notes=card_notes(folder),
         )
     sys.stdout.write(json.dumps(result.headline(), indent=2) + "\n")
     return 0

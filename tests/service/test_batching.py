@@ -205,3 +205,22 @@ def test_lanes_resolve_from_settings_and_the_runtime(tmp_path) -> None:  # type:
     assert resolve_lanes(settings(runtime_lanes=0, backend="onnxruntime", device="cpu"), serial) == 1  # falls back
     with pytest.raises(ValueError, match="does not allow concurrent calls"):
         resolve_lanes(settings(runtime_lanes=2), serial)
+
+
+def test_usable_cores_follow_a_container_cpu_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from evotok.service.runtime_setup import usable_cores
+
+    mask = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(tmp_path) == mask  # no limit
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # limits.cpu: 1500m
+    assert usable_cores(tmp_path) == min(mask, 2)
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert usable_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")  # cgroup v1, 1 core
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cores(tmp_path) == 1

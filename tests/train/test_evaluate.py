@@ -75,3 +75,11 @@ def test_colour_error_sees_a_cast() -> None:
     assert cast.colour_shift_rgb[0] - base.colour_shift_rgb[0] > 15
     assert abs(cast.colour_shift_rgb[1] - base.colour_shift_rgb[1]) < 1e-9
     assert cast.colour_error_by_depth[-1] > base.colour_error_by_depth[-1]
+
+
+def test_card_notes_come_from_the_model_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from evotok.model.train.cli import card_notes
+
+    assert card_notes(tmp_path) == []
+    (tmp_path / "CARD_NOTES.md").write_text("# notes\n\n- first note,\n  wrapped\n- second\n")
+    assert card_notes(tmp_path) == ["first note, wrapped", "second"]
