@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from evotok.export.fake import parse_cost_ms, write_fake_model_card
+
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 
@@ -67,13 +69,6 @@ class Level:
 
 
 # --- the server subprocesses ------------------------------------------------------------------------------------
-def _cost(value: str) -> tuple[float, float] | None:
-    if not value:
-        return None
-    x, y = (float(v) for v in value.split(","))
-    return x, y
-
-
 def _serve(argv: list[str]) -> int:
     """The in-process server: ``create_app`` over the configured runtime or a FakeRuntime."""
     p = argparse.ArgumentParser()
@@ -90,7 +85,7 @@ def _serve(argv: list[str]) -> int:
     if args.fake:
         from evotok.export.fake import FakeRuntime
 
-        cost = _cost(args.fake_cost_ms)
+        cost = parse_cost_ms(args.fake_cost_ms)
         factory = lambda: FakeRuntime(cost_ms=cost)  # noqa: E731
     uvicorn.run(create_app(Settings(), runtime_factory=factory), host="127.0.0.1", port=args.port,
                 log_level="warning")
@@ -145,24 +140,6 @@ def _env(args: argparse.Namespace, config: str) -> dict[str, str]:
     return env
 
 
-def _fake_card(folder: Path) -> Path:
-    """A model folder with only ``config.json`` describing ``FakeRuntime()`` (the Redis-mode API reads it)."""
-    from evotok.export.fake import FakeRuntime
-    from evotok.model.config import EvoTokConfig, PixelDecoderConfig, QuantizerConfig, SemanticDecoderConfig
-
-    info = FakeRuntime().info
-    cfg = EvoTokConfig(
-        name=info.name, image_size=info.image_size, grid=info.grid, latent_dim=8,
-        quantizer=QuantizerConfig(num_depths=info.num_depths, codebook_size=info.codebook_size, dim=8),
-        pixel_decoder=PixelDecoderConfig(depth=info.pixel_depth, ch_mult=(1, 1, 1, 1, 1)),
-        semantic_decoder=SemanticDecoderConfig(depth=info.semantic_depth, out_dim=info.semantic_dim),
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"name": info.name, "hash": info.weights_hash,
-                                                    "config": cfg.to_dict()}))
-    return folder
-
-
 def _wait_ready(servers: Servers, url: str, timeout_s: float) -> None:
     import httpx
 
@@ -205,7 +182,7 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
             env.update({"EVOTOK_QUEUE": "redis", "EVOTOK_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
                         "EVOTOK_REDIS_MAX_ENTRIES": "4096"})
             if args.fake:
-                env["EVOTOK_WEIGHTS"] = str(_fake_card(rdir / "model"))
+                env["EVOTOK_WEIGHTS"] = str(write_fake_model_card(rdir / "model"))
             wcmd = [sys.executable, "-m", "evotok.cli", "worker", "--name", "bench-w0", "--metrics-port",
                     str(_free_port()), "--metrics-host", "127.0.0.1"]
             if args.fake:
@@ -380,7 +357,7 @@ def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]
     own (their threads per lane, called by 1 and by ``lanes`` threads at once) and, where that is several
     lanes, one call at a time over all cores (the one-lane arrangement). The best of all is the limit."""
     if args.fake:
-        a, c = _cost(args.fake_cost_ms) or (20.0, 0.0)
+        a, c = parse_cost_ms(args.fake_cost_ms) or (20.0, 0.0)
         per = {b: 1000 * b / (a + b * c) for b in sorted({1, 2, 4, 8, 16, 32, args.max_batch_size}) if a + b * c > 0}
         best = max(per, key=lambda b: per[b]) if per else 1
         return {"items_per_s_by_batch": per, "best_batch": best, "best_items_per_s": per.get(best, float("inf")),

@@ -105,3 +105,32 @@ class FakeRuntime(Runtime):
         flat = used.reshape(b, g * g, -1)
         feat[..., : flat.shape[-1]] = flat / self.info.codebook_size
         return feat
+
+
+def parse_cost_ms(value: str) -> tuple[float, float] | None:
+    """``"A,b"`` (``--fake-cost-ms``, ``EVOTOK_TEST_FAKE_COST_MS``) -> ``(A, b)``: a batch of ``B`` costs
+    ``A + B * b`` ms; ``""`` -> None."""
+    if not value:
+        return None
+    a, b = (float(v) for v in value.split(","))
+    return a, b
+
+
+def write_fake_model_card(folder: Path) -> Path:
+    """A model folder with only ``config.json`` describing ``FakeRuntime()``'s shapes (an API in Redis mode
+    reads its model card there while its workers run the FakeRuntime); for tests and ``bench --fake``."""
+    import json
+
+    from evotok.model.config import EvoTokConfig, PixelDecoderConfig, QuantizerConfig, SemanticDecoderConfig
+
+    info = FakeRuntime().info
+    cfg = EvoTokConfig(
+        name=info.name, image_size=info.image_size, grid=info.grid, latent_dim=8,
+        quantizer=QuantizerConfig(num_depths=info.num_depths, codebook_size=info.codebook_size, dim=8),
+        pixel_decoder=PixelDecoderConfig(depth=info.pixel_depth, ch_mult=(1, 1, 1, 1, 1)),
+        semantic_decoder=SemanticDecoderConfig(depth=info.semantic_depth, out_dim=info.semantic_dim),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"name": info.name, "hash": info.weights_hash,
+                                                    "config": cfg.to_dict()}))
+    return folder

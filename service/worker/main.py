@@ -31,7 +31,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from evotok.export.fake import FakeRuntime
+from evotok.export.fake import FakeRuntime, parse_cost_ms
 from evotok.service import metrics
 from evotok.service.core import OPS, CallWatch, RunTimes
 from evotok.service.redis_protocol import GROUP, Keys, connection_kwargs, liveness_window_ms, redis_url
@@ -97,13 +97,6 @@ def serve_http(consumer: Consumer, watch: CallWatch, settings: Settings, port: i
     return server
 
 
-def _cost(value: str) -> tuple[float, float] | None:
-    if not value:
-        return None
-    a, b = (float(x) for x in value.split(","))
-    return a, b
-
-
 def main(argv: list[str]) -> int:
     """``evotok worker [--name N] [--metrics-port P]``; settings come from ``EVOTOK_*`` variables."""
     env_fake = os.environ.get("EVOTOK_TEST_FAKE_RUNTIME", "") in {"1", "true", "yes"}
@@ -125,7 +118,7 @@ def main(argv: list[str]) -> int:
     settings = worker_settings(settings)
 
     t0 = time.perf_counter()
-    runtime = build_runtime(settings, args.fake_runtime, args.fake_delay_ms, _cost(args.fake_cost_ms))
+    runtime = build_runtime(settings, args.fake_runtime, args.fake_delay_ms, parse_cost_ms(args.fake_cost_ms))
     hang_file = os.environ.get("EVOTOK_TEST_FAKE_HANG_FILE")
     if hang_file and isinstance(runtime, FakeRuntime):
         runtime.hang_file = Path(hang_file)

@@ -222,27 +222,6 @@ def metric_sum(text: str, sample: str, **labels: str) -> float:
     return total
 
 
-def write_fake_model_card(folder: Path) -> Path:
-    """A model folder with only ``config.json`` describing ``FakeRuntime()``'s shapes (the API in redis mode
-    reads its model card there; the workers run the FakeRuntime)."""
-    import json
-
-    from evotok.export.fake import FakeRuntime
-    from evotok.model.config import EvoTokConfig, PixelDecoderConfig, QuantizerConfig, SemanticDecoderConfig
-
-    info = FakeRuntime().info
-    cfg = EvoTokConfig(
-        name=info.name, image_size=info.image_size, grid=info.grid, latent_dim=8,
-        quantizer=QuantizerConfig(num_depths=info.num_depths, codebook_size=info.codebook_size, dim=8),
-        pixel_decoder=PixelDecoderConfig(depth=info.pixel_depth, ch_mult=(1, 1, 1, 1, 1)),
-        semantic_decoder=SemanticDecoderConfig(depth=info.semantic_depth, out_dim=info.semantic_dim),
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"name": info.name, "hash": info.weights_hash,
-                                                    "config": cfg.to_dict()}))
-    return folder
-
-
 @dataclass
 class ApiProc:
     """A real uvicorn API process: ``evotok serve --queue redis`` or the in-process fake app."""

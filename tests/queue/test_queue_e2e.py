@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from evotok.export.fake import write_fake_model_card
 from evotok.service.redis_queue import COMMAND_TIMEOUT_S
 from evotok.service.settings import Settings
 from tests.queue.queue_harness import (
@@ -30,7 +31,6 @@ from tests.queue.queue_harness import (
     png_bytes,
     queue_env,
     wait_live_workers,
-    write_fake_model_card,
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]

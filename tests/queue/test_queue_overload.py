@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evotok.export.fake import write_fake_model_card
 from tests.queue.queue_harness import (
     ApiProc,
     RedisServer,
@@ -25,7 +26,6 @@ from tests.queue.queue_harness import (
     queue_env,
     rss_bytes,
     wait_live_workers,
-    write_fake_model_card,
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.slow]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evotok.export.fake import write_fake_model_card
 from tests.queue.queue_harness import (
     ApiProc,
     RedisServer,
@@ -28,7 +29,6 @@ from tests.queue.queue_harness import (
     png_bytes,
     queue_env,
     wait_live_workers,
-    write_fake_model_card,
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
