@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,40 @@ def png_bytes(arr: Any) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@contextlib.contextmanager
+def fake_worker_and_api(redis_server: RedisServer, prefix: str, tmp_path: Path, fake_delay_ms: float,
+                        **env: str) -> Iterator[tuple[ApiProc, WorkerProc]]:
+    """One ``evotok worker`` (FakeRuntime) and one Redis-mode API over ``redis_server``, started, ready and
+    seen live by the API side; stopped on exit. ``env`` adds ``EVOTOK_*`` variables to both."""
+    from evotok.export.fake import write_fake_model_card
+
+    card = write_fake_model_card(tmp_path / "model")
+    full = queue_env(redis_server.url, prefix, EVOTOK_WEIGHTS=str(card), **env)
+    worker = WorkerProc(full, "w0", tmp_path, fake_delay_ms=fake_delay_ms)
+    api = ApiProc(full, tmp_path, "api0")
+    worker.start()
+    api.start()
+    try:
+        worker.wait_ready()
+        api.wait_up()
+        wait_live_workers(redis_server, prefix, 1)
+        yield api, worker
+    finally:
+        api.stop()
+        worker.stop()
+
+
+def fake_photos(seed: int, n: int) -> tuple[list[bytes], list[Any]]:
+    """``n`` random 64x64 PNGs and the codes ``FakeRuntime`` gives each."""
+    import numpy as np
+
+    from evotok.export.fake import FakeRuntime
+
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(n)]
+    return [png_bytes(a) for a in arrays], [FakeRuntime().encode(a[None])[0] for a in arrays]
 
 
 @dataclass

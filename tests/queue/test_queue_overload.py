@@ -16,16 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evotok.export.fake import write_fake_model_card
 from tests.queue.queue_harness import (
-    ApiProc,
     RedisServer,
-    WorkerProc,
     encode_load,
-    png_bytes,
-    queue_env,
+    fake_photos,
+    fake_worker_and_api,
     rss_bytes,
-    wait_live_workers,
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.slow]
@@ -37,23 +33,9 @@ DURATION_S = 60.0
 
 
 def test_four_times_capacity_for_60s(redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
-    card = write_fake_model_card(tmp_path / "model")
-    env = queue_env(redis_server.url, prefix, EVOTOK_WEIGHTS=str(card), EVOTOK_MAX_BATCH_SIZE=str(BATCH),
-                    EVOTOK_REQUEST_TIMEOUT_S=str(DEADLINE_S), EVOTOK_REDIS_MAX_ENTRIES="64")
-    worker = WorkerProc(env, "w0", tmp_path, fake_delay_ms=DELAY_MS)
-    api = ApiProc(env, tmp_path, "api0")
-    worker.start()
-    api.start()
-    try:
-        worker.wait_ready()
-        api.wait_up()
-        wait_live_workers(redis_server, prefix, 1)
-        rng = np.random.default_rng(3)
-        arrays = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(16)]
-        from evotok.export.fake import FakeRuntime
-
-        expected = [FakeRuntime().encode(a[None])[0] for a in arrays]
-        images = [png_bytes(a) for a in arrays]
+    with fake_worker_and_api(redis_server, prefix, tmp_path, DELAY_MS, EVOTOK_MAX_BATCH_SIZE=str(BATCH),
+                             EVOTOK_REQUEST_TIMEOUT_S=str(DEADLINE_S), EVOTOK_REDIS_MAX_ENTRIES="64") as (api, worker):
+        images, expected = fake_photos(3, 16)
         rss_peak = {"api": 0, "worker": 0}
         rss_early = {"api": 0, "worker": 0}
 
@@ -109,6 +91,3 @@ def test_four_times_capacity_for_60s(redis_server: RedisServer, prefix: str, tmp
         assert rss_peak["api"] < rss_early["api"] * 1.5 + 50 * 2**20  # no growth with the backlog
         assert rss_peak["worker"] < rss_early["worker"] * 1.5 + 50 * 2**20
         assert api.alive() and worker.alive()
-    finally:
-        api.stop()
-        worker.stop()

@@ -16,19 +16,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from evotok.export.fake import write_fake_model_card
 from tests.queue.queue_harness import (
-    ApiProc,
     RedisServer,
-    WorkerProc,
     encode_load,
+    fake_photos,
+    fake_worker_and_api,
     metric_sum,
-    png_bytes,
-    queue_env,
-    wait_live_workers,
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.e2e]
@@ -39,24 +34,10 @@ DEADLINE_S = 30.0
 
 def test_redis_stopped_for_5s_under_load_loses_no_answer(redis_server: RedisServer, prefix: str,
                                                          tmp_path: Path) -> None:
-    card = write_fake_model_card(tmp_path / "model")
     # default heartbeat (2 s x 5 = 10 s liveness window) and no reclaim during the test: this is about replies
-    env = queue_env(redis_server.url, prefix, EVOTOK_WEIGHTS=str(card), EVOTOK_REQUEST_TIMEOUT_S=str(DEADLINE_S),
-                    EVOTOK_WORKER_HEARTBEAT_S="2.0", EVOTOK_WORKER_CLAIM_IDLE_MS="60000")
-    worker = WorkerProc(env, "w0", tmp_path, fake_delay_ms=20.0)
-    api = ApiProc(env, tmp_path, "api0")
-    worker.start()
-    api.start()
-    try:
-        worker.wait_ready()
-        api.wait_up()
-        wait_live_workers(redis_server, prefix, 1)
-        from evotok.export.fake import FakeRuntime
-
-        rng = np.random.default_rng(5)
-        arrays = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
-        expected = [FakeRuntime().encode(a[None])[0] for a in arrays]
-        images = [png_bytes(a) for a in arrays]
+    with fake_worker_and_api(redis_server, prefix, tmp_path, 20.0, EVOTOK_REQUEST_TIMEOUT_S=str(DEADLINE_S),
+                             EVOTOK_WORKER_HEARTBEAT_S="2.0", EVOTOK_WORKER_CLAIM_IDLE_MS="60000") as (api, worker):
+        images, expected = fake_photos(5, 8)
         items_before = metric_sum(worker.metrics(), "evotok_batch_items_total")
         assert redis_server.pid is not None
         pid = redis_server.pid
@@ -79,9 +60,6 @@ def test_redis_stopped_for_5s_under_load_loses_no_answer(redis_server: RedisServ
             os.kill(pid, signal.SIGCONT)
         time.sleep(2.0)  # the worker's last replies and metrics
         items_run = metric_sum(worker.metrics(), "evotok_batch_items_total") - items_before
-    finally:
-        api.stop()
-        worker.stop()
     statuses = Counter(o.status for o in outcomes)
     answers = statuses[200]
     during = [o for o in outcomes if o.started <= stopped["at"] + PAUSE_S and o.finished >= stopped["at"]]
