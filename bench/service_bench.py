@@ -352,6 +352,29 @@ def _run_path(args: argparse.Namespace, path: str, body: bytes, workdir: Path) -
     return out
 
 
+def _encode_rate(runtime: Any, batch: np.ndarray, callers: int, seconds: float) -> float:
+    """Images/s of ``runtime.encode(batch)`` called back to back by ``callers`` threads for ``seconds`` (each
+    thread at least twice), after one warm-up call for this shape."""
+    import threading
+
+    runtime.encode(batch)
+    stop = time.perf_counter() + seconds
+    calls = [0] * callers
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop or calls[i] < 2:
+            runtime.encode(batch)
+            calls[i] += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(batch) * sum(calls) / (time.perf_counter() - t0)
+
+
 def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]:
     """``max`` images/s of ``runtime.encode`` without HTTP, over batch sizes and arrangements: the servers'
     own (their threads per lane, called by 1 and by ``lanes`` threads at once) and, where that is several
@@ -362,8 +385,6 @@ def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]
         best = max(per, key=lambda b: per[b]) if per else 1
         return {"items_per_s_by_batch": per, "best_batch": best, "best_items_per_s": per.get(best, float("inf")),
                 "best_arrangement": "fake", "note": "fake cost model"}
-    import threading
-
     from evotok.service.runtime_setup import build_runtime, planned_lanes, runtime_options
     from evotok.service.settings import Settings
 
@@ -378,24 +399,7 @@ def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]
         runtime = build_runtime(settings)
         per[name] = {}
         for b in sorted({1, 2, 4, 8, 16, args.max_batch_size}):
-            batch = np.repeat(crop[None], b, axis=0)
-            runtime.encode(batch)  # warm this shape
-            counts = [0] * callers
-            stop = time.perf_counter() + args.limit_seconds
-
-            def loop(i: int, batch: np.ndarray = batch, counts: list[int] = counts, stop: float = stop,
-                     runtime: Any = runtime) -> None:
-                while time.perf_counter() < stop or counts[i] < 2:
-                    runtime.encode(batch)
-                    counts[i] += 1
-
-            t0 = time.perf_counter()
-            threads_ = [threading.Thread(target=loop, args=(i,)) for i in range(callers)]
-            for t in threads_:
-                t.start()
-            for t in threads_:
-                t.join()
-            per[name][b] = b * sum(counts) / (time.perf_counter() - t0)
+            per[name][b] = _encode_rate(runtime, np.repeat(crop[None], b, axis=0), callers, args.limit_seconds)
             sys.stderr.write(f"[runtime] {name} B={b}: {per[name][b]:.1f} img/s\n")
         runtime.close()
     best_name, best_b = max(((n, b) for n in per for b in per[n]), key=lambda nb: per[nb[0]][nb[1]])

@@ -39,11 +39,11 @@ def main() -> None:
     for spec in args.heldout:
         step, path = spec.split("=", 1)
         e = json.loads(Path(path).read_text())
-        held.append((int(step), e["psnr_by_depth"][0], e["psnr_by_depth"][-1], e["num_crops"]))
+        held.append((int(step), e["psnr_by_depth"][0], e["psnr_by_depth"][-1], e["pixel_depth"]))
     if held:
         held.sort()
         x = [h[0] for h in held]
-        ax.plot(x, [h[2] for h in held], "o-", color="C0", label=f"held-out PSNR@{len(e['psnr_by_depth'])}")
+        ax.plot(x, [h[2] for h in held], "o-", color="C0", label=f"held-out PSNR@{held[-1][3]}")
         ax.plot(x, [h[1] for h in held], "s--", color="C1", label="held-out PSNR@1")
     for spec in args.mark:
         step, label = spec.split("=", 1)

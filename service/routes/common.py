@@ -158,12 +158,13 @@ async def _read_capped(request: Request, cap: int, what: str) -> bytes:
 
 
 async def read_image_tensors(request: Request, state: ServiceState, info: ModelInfo) -> tuple[list[U8], bool]:
-    """Model inputs from an ``application/x-npy`` body (``codes_io.images_from_npy``), parsed off the event loop;
-    bodies larger than the largest valid batch get 413 before they are read."""
+    """Model inputs from an ``application/x-npy`` body (``codes_io.images_from_npy``: header checks and one copy,
+    done on the event loop, a thread hop would cost more); bodies larger than the largest valid batch get 413
+    before they are read."""
     cap = state.settings.max_batch_images
     body = await _read_capped(request, max_image_npy_bytes(info, cap), "image .npy")
     start = time.perf_counter()
-    out = images_from_npy(body, info, cap)  # header checks and a view of the body: microseconds, no thread hop
+    out = images_from_npy(body, info, cap)
     metrics.STAGE_DURATION.labels("encode", "decode_input", op_bucket("encode", info)).observe(
         time.perf_counter() - start)
     return out
