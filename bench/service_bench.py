@@ -424,9 +424,10 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
     ratios = []
     for path in args.paths:
         by = {lv.config: lv for lv in levels if lv.path == path and lv.concurrency == top}
-        best = max((lv.throughput for lv in levels if lv.path == path and lv.config != "off"), default=0.0)
-        rows.append(f"{path}: best served {best:.1f} img/s = {100 * best / limit['best_items_per_s']:.0f} % of the "
-                    "runtime limit.")
+        for cfg in args.configs:
+            best = max((lv.throughput for lv in levels if lv.path == path and lv.config == cfg), default=0.0)
+            rows.append(f"{path} {cfg}: best served {best:.1f} img/s = "
+                        f"{100 * best / limit['best_items_per_s']:.0f} % of the runtime limit.")
         for cfg in ("on", "auto"):
             if cfg in by and "off" in by:
                 ratio = by[cfg].throughput / max(by["off"].throughput, 1e-9)

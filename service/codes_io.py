@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -90,20 +91,39 @@ def codes_from_json(obj: Any, info: ModelInfo) -> U16:
     return validate_codes(arr, info)
 
 
-def _npy_header(buf: io.BytesIO, error: type[InvalidInput] = InvalidCodes) -> tuple[tuple[int, ...], bool,
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_ITEM = re.compile(r"\s*'(descr|fortran_order|shape)'\s*:\s*('[^']*'|True|False|\(\s*(?:\d+\s*,\s*)*(?:\d+\s*)?\))\s*(?:,|(?=\}))")
+
+
+def read_npy_header(buf: io.BytesIO, error: type[InvalidInput] = InvalidCodes) -> tuple[tuple[int, ...], bool,
                                                                                    np.dtype[Any]]:
+    """Read an ``.npy`` header (versions 1.0, 2.0, 3.0) without evaluating it: the dict literal must hold
+    exactly ``descr`` (a plain dtype string: structured and object dtypes, i.e. pickles, are refused),
+    ``fortran_order`` and ``shape``. Leaves ``buf`` at the first payload byte."""
+    head = buf.read(8)
+    if len(head) < 8 or head[:6] != _NPY_MAGIC or head[6] not in (1, 2, 3) or head[7] != 0:
+        raise error("not a valid .npy file (pickle is not allowed): bad magic or version")
+    size_bytes = 2 if head[6] == 1 else 4
+    raw_len = buf.read(size_bytes)
+    length = int.from_bytes(raw_len, "little") if len(raw_len) == size_bytes else -1
+    raw = buf.read(length) if 0 <= length <= 65536 else b""
+    if len(raw) != length or length <= 0:
+        raise error("not a valid .npy file (pickle is not allowed): truncated header")
+    text = raw.decode("latin1" if head[6] < 3 else "utf8", errors="replace").strip()
+    fields: dict[str, str] = {}
+    pos = 1
+    while text.startswith("{") and (m := _NPY_ITEM.match(text, pos)) is not None and m.group(1) not in fields:
+        fields[m.group(1)] = m.group(2)
+        pos = m.end()
+    if not text.startswith("{") or text[pos:].strip() != "}" or len(fields) != 3:
+        raise error(f"not a valid .npy file (pickle is not allowed): header {text[:120]!r} is not "
+                    "{'descr': <dtype string>, 'fortran_order': bool, 'shape': (ints)}")
     try:
-        version = np.lib.format.read_magic(buf)
-        if version == (1, 0):
-            header = np.lib.format.read_array_header_1_0(buf)
-        elif version in ((2, 0), (3, 0)):
-            header = np.lib.format.read_array_header_2_0(buf)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
-        raise error(f"not a valid .npy file (pickle is not allowed): {exc}") from exc
-    shape, fortran, dtype = header
-    return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
+        dtype = np.dtype(fields["descr"].strip("'"))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise error(f"not a valid .npy file (pickle is not allowed): dtype {fields['descr']}: {exc}") from exc
+    shape = tuple(int(n) for n in fields["shape"].strip("()").replace(",", " ").split())
+    return shape, fields["fortran_order"] == "True", dtype
 
 
 def codes_from_npy(data: bytes, info: ModelInfo) -> U16:
@@ -111,7 +131,7 @@ def codes_from_npy(data: bytes, info: ModelInfo) -> U16:
     if not data:
         raise InvalidCodes("empty body: expected a .npy file")
     buf = io.BytesIO(data)
-    shape, fortran, dtype = _npy_header(buf)
+    shape, fortran, dtype = read_npy_header(buf)
     g, depth_max = info.grid, info.num_depths
     if dtype.hasobject or dtype.kind not in "iu":
         raise InvalidCodes(f"codes must be an integer .npy (pickle is not allowed), got dtype {dtype}")
@@ -140,7 +160,7 @@ def images_from_npy(data: bytes, info: ModelInfo, max_images: int) -> tuple[list
     if not data:
         raise InvalidInput("empty body: expected a .npy file")
     buf = io.BytesIO(data)
-    shape, fortran, dtype = _npy_header(buf, InvalidInput)
+    shape, fortran, dtype = read_npy_header(buf, InvalidInput)
     s = info.image_size
     if dtype != np.uint8:
         raise InvalidInput(f"an image .npy must be uint8 RGB in [0, 255] (pickle is not allowed), got dtype {dtype}")
@@ -158,6 +178,12 @@ def images_from_npy(data: bytes, info: ModelInfo, max_images: int) -> tuple[list
 
 
 def to_npy(arr: npt.NDArray[Any]) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
+    """One C-order array as ``.npy`` version 1.0 bytes (what ``np.save`` writes for plain dtypes)."""
+    arr = np.asarray(arr, order="C")  # (ascontiguousarray would turn a 0-d array into (1,))
+    if arr.dtype.hasobject or arr.dtype.names is not None:
+        raise TypeError(f"to_npy writes plain dtypes only, got {arr.dtype}")
+    shape = repr(tuple(int(n) for n in arr.shape))  # "(a, b)", "(a,)", "()" as numpy writes them
+    header = f"{{'descr': '{arr.dtype.str}', 'fortran_order': False, 'shape': {shape}, }}"
+    pad = 64 - (10 + len(header) + 1) % 64
+    return _NPY_MAGIC + b"\x01\x00" + (len(header) + pad + 1).to_bytes(2, "little") + \
+        header.encode("latin1") + b" " * pad + b"\n" + arr.tobytes()

@@ -1,16 +1,19 @@
-"""The embedded adapter of the batching core: an asyncio entry list in the API process and its runtime lanes.
+"""The embedded adapter of the batching core: an entry list in the API process and its runtime lanes.
 
-``submit`` admits an item (at most ``max_queue_size`` queued + running, else ``Overloaded`` -> 429 with
-Retry-After), appends an ``Entry`` holding its future and awaits it until the deadline (``DeadlineExceeded``
--> 504). One task asks ``core.next_batch`` what to do with the entries (clock: ``time.monotonic()``), answers the
-entries it drops, and runs each batch on a runtime thread through ``core.execute`` (never on the event loop).
-At most ``lanes`` batches run at once (``runtime_setup.resolve_lanes``: 1 unless the Runtime allows concurrent
-calls, e.g. ONNX Runtime on the CPU, where a lane per core serves more images/s than one call using every
-core); a batch is formed only when a lane is free, so the delay and cap rules see every waiting entry. A
-failing batch fails only its own items; the loop goes on.
+``submit`` (on the event loop) admits an item (at most ``max_queue_size`` queued + running, else
+``Overloaded`` -> 429 with Retry-After), appends an ``Entry`` holding its future and awaits it until the
+deadline (``DeadlineExceeded`` -> 504). Each runtime lane is a thread that asks ``core.next_batch`` (under the
+entry lock, clock ``time.monotonic()``) for its next batch as soon as it is free, runs it through
+``core.execute`` and hands the results to the event loop; the dropped entries are answered the same way. The
+event loop is thus never between two batches: on a small CPU, where the loop competes with the lanes for the
+cores, a hand-off through it left each lane idle a quarter of the time (``docs/benchmarks.md``). There are
+``lanes`` lane threads (``runtime_setup.resolve_lanes``: 1 unless the Runtime allows concurrent calls, e.g.
+ONNX Runtime on the CPU, where a lane per core serves more images/s than one call using every core); a batch
+is formed only when a lane is free, so the delay and cap rules see every waiting entry. A failing batch fails
+only its own items; the lane goes on.
 
-A runtime thread loads, warms, self-tests the Runtime and measures the batch caps (``prepare``, through
-``runtime_setup``) before the batcher is ready. A runtime call running longer than ``hang_s`` makes
+Load, warm-up, golden self-test and the batch-cap measurement (``prepare``, through ``runtime_setup``) run on
+a helper thread before the lanes start. A runtime call running longer than ``hang_s`` makes
 ``liveness_problem`` report it (``/healthz`` 503).
 """
 
@@ -21,6 +24,7 @@ import collections
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +44,6 @@ from evotok.service.core import (
     Executed,
     Op,
     RunTimes,
-    Wait,
     bucket_of,
     error_code,
     execute,
@@ -55,7 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_LANES = 64  # threads the runtime executor may start (lanes are capped by EVOTOK_RUNTIME_LANES <= 64)
+MAX_LANES = 64  # lane threads at most (EVOTOK_RUNTIME_LANES <= 64)
 Array = Any  # numpy arrays (see core.py for shapes)
 Fut = asyncio.Future[Array]
 
@@ -91,31 +94,37 @@ class InProcessBatcher(Batcher):
         self._caps: dict[str, Any] | None = None
         self.lanes = lanes
         self._running = 0  # items in the batches now running
-        self._active: set[asyncio.Task[None]] = set()  # the batches now running, at most ``lanes``
+        self._inflight: dict[int, Batch[Item]] = {}  # id -> the batches now running (answered by drain past its timeout)
+        self._cond = threading.Condition()  # guards entries, _running, _inflight, times; lanes wait on it
+        self._lanes: list[threading.Thread] = []
+        self._lane_failed = False
         self._runtime: Runtime | None = None
-        self._executor = ThreadPoolExecutor(max_workers=MAX_LANES, thread_name_prefix="evotok-runtime")
-        self._wakeup: asyncio.Event | None = None
-        self._lane_free: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evotok-setup")
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self._stopping = False
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._task is None:
-            self._wakeup = asyncio.Event()
-            self._lane_free = asyncio.Event()
-            self._task = asyncio.create_task(self._loop(), name="evotok-batcher")
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
 
     async def run_in_worker(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the runtime thread (load, warm-up, self-test) without blocking the loop."""
+        """Run ``fn`` on the set-up thread (load, warm-up, self-test) without blocking the loop."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def attach(self, runtime: Runtime, policy: BatchPolicy | None = None, lanes: int | None = None) -> None:
         """Hand over a loaded, warmed, self-tested Runtime (and the policy with its caps, and how many calls
-        may run at once): ready from now on."""
+        may run at once) and start the lane threads: ready from now on. Call after ``start``."""
+        if self._loop is None or self._lanes:
+            raise RuntimeError("attach: call start() first, and only once; this is a bug")
         self.policy = policy or self.policy
         self.lanes = min(MAX_LANES, lanes or self.lanes)
         self._runtime = runtime
+        self._lanes = [threading.Thread(target=self._lane, args=(runtime,), name=f"evotok-lane-{i}", daemon=True)
+                       for i in range(self.lanes)]
+        for t in self._lanes:
+            t.start()
 
     async def prepare(self, state: ServiceState) -> None:
         """Load the Runtime with the factory, prepare it (``runtime_setup``), then attach it."""
@@ -163,12 +172,12 @@ class InProcessBatcher(Batcher):
 
     @property
     def alive(self) -> bool:
-        """False when the batch loop has died."""
-        return self._task is not None and not self._task.done()
+        """False when a lane has died (a bug) or the batcher has stopped."""
+        return self._loop is not None and not self._stopping and not self._lane_failed
 
     def liveness_problem(self) -> str | None:
-        if self._task is not None and self._task.done() and not self._draining:
-            return "the batch loop has stopped; restart the process"
+        if self._lane_failed and not self._draining:
+            return "a runtime lane has stopped; restart the process"
         return self.watch.problem()
 
     def batch_caps(self) -> dict[str, Any] | None:
@@ -189,34 +198,30 @@ class InProcessBatcher(Batcher):
         )
 
     async def drain(self, timeout_s: float = 30.0) -> None:
-        self._draining = True
-        if self._wakeup is not None:
-            self._wakeup.set()  # a batch still forming closes now ("drain")
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()  # a batch still forming closes now ("drain")
         end = time.monotonic() + timeout_s
-        while (self.entries or self._active) and time.monotonic() < end and self.alive:
+        while (self.entries or self._running) and time.monotonic() < end and self.alive:
             await asyncio.sleep(0.01)
-        for entry in self.entries:
-            if not entry.ref.future.done():
-                entry.ref.future.set_exception(NotReady("server is shutting down"))
-        self.entries = []
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for task in list(self._active):  # past the drain timeout: answer what still runs
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            left, self.entries = [*self.entries, *(e for b in self._inflight.values() for e in b.entries)], []
+        self._fail(left, NotReady("server is shutting down"))  # past the drain timeout: an answer, not silence
+        loop = asyncio.get_running_loop()
+        for t in self._lanes:
+            await loop.run_in_executor(None, t.join, max(0.0, end - time.monotonic()) + 1.0)
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, runtime.close)
+            await loop.run_in_executor(self._executor, runtime.close)
         self._executor.shutdown(wait=False)
 
     # --- admission --------------------------------------------------------------------------------
     async def submit(self, op: Op, payload: Array, deadline: float) -> Array:
         if self._draining:
             raise NotReady("server is draining; retry on another replica")
-        if self._runtime is None or self._wakeup is None or not self.alive:
+        if self._runtime is None or not self.alive:
             raise NotReady("model is not loaded yet; see GET /readyz")
         backlog = len(self.entries) + self._running
         if backlog >= self.max_queue_size:
@@ -228,8 +233,9 @@ class InProcessBatcher(Batcher):
             metrics.DEADLINE_EXCEEDED.labels(op, "api").inc()
             raise DeadlineExceeded("request deadline passed before it was queued")
         future: Fut = asyncio.get_running_loop().create_future()
-        self.entries.append(Entry(key_of(op, payload), now, deadline, Item(payload, future)))
-        self._wakeup.set()
+        with self._cond:
+            self.entries.append(Entry(key_of(op, payload), now, deadline, Item(payload, future)))
+            self._cond.notify()
         try:
             return await asyncio.wait_for(future, timeout=deadline - now)
         except TimeoutError:
@@ -237,90 +243,89 @@ class InProcessBatcher(Batcher):
             raise DeadlineExceeded(f"no result within the request deadline ({deadline - now:.3f} s)") from None
 
     def publish_gauges(self) -> None:
-        """Queue depth / oldest age per op, and the age of the runtime call in progress."""
-        now = time.monotonic()
+        """Queue depth / oldest age per op, and the age of the runtime call in progress (at scrape time)."""
+        now, entries = time.monotonic(), list(self.entries)
         for op in OPS:
-            mine = [e for e in self.entries if e.op == op]
+            mine = [e for e in entries if e.op == op]
             metrics.QUEUE_ENTRIES.labels(op, "lag").set(len(mine))
             metrics.QUEUE_OLDEST_AGE.labels(op).set(max((now - e.enqueued for e in mine), default=0.0))
         metrics.RUNTIME_CALL_AGE.set(self.watch.age_s())
 
-    # --- the loop: core decides, this adapter waits, runs and answers --------------------------------
-    async def _loop(self) -> None:
-        assert self._wakeup is not None and self._lane_free is not None
-        while True:
-            if len(self._active) >= self.lanes:  # every lane busy: form the next batch when one frees
-                self._lane_free.clear()
-                await self._lane_free.wait()
-                continue
-            now = time.monotonic()
-            for e in self.entries:
-                e.cancelled = e.ref.future.done()  # the client went away (or submit gave up)
-            decided = next_batch(self.entries, self.policy, now, run_estimate_s=self.times.batch_s,
-                                 draining=self._draining)
-            take(self.entries, decided)
-            metrics.observe_dropped(decided.dropped, "queue")
-            for d in decided.dropped:
-                if not d.entry.ref.future.done():
-                    d.entry.ref.future.set_exception(DeadlineExceeded("deadline passed (or would pass) while queued"))
-            if isinstance(decided, Wait):
-                self.publish_gauges()
-                self._wakeup.clear()
-                timeout = None if decided.until is None else max(0.0, decided.until - now)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
-                continue
-            metrics.observe_formed(decided, now)
-            task = asyncio.create_task(self._run(decided), name="evotok-batch")
-            self._active.add(task)
-            task.add_done_callback(self._lane_done)
-
-    def _lane_done(self, task: asyncio.Task[None]) -> None:
-        self._active.discard(task)
-        if self._lane_free is not None:
-            self._lane_free.set()
-        if not task.cancelled() and task.exception() is not None:  # _run answers its items; this is a bug
-            log.error("batch task failed", exc_info=task.exception())
-
-    async def _run(self, batch: Batch[Item]) -> None:
-        runtime, op, n = self._runtime, batch.op, len(batch.entries)
-        payloads = [e.ref.payload for e in batch.entries]
-        self._running += n
-        metrics.QUEUE_ENTRIES.labels(op, "pending").inc(n)
-        self.publish_gauges()
+    # --- the lanes: core decides, each lane thread takes its next batch itself, runs it, posts the answers ----
+    def _lane(self, runtime: Runtime) -> None:
+        """One lane thread: take the next batch (``core.next_batch`` under the entry lock), run it, hand the
+        results to the event loop, repeat. The loop is not on the path between two batches."""
         try:
-            if runtime is None:
-                raise NotReady("runtime was released")
-            done = await asyncio.get_running_loop().run_in_executor(self._executor, self._call, runtime, op, payloads,
-                                                                    batch.key)
-        except NotReady as gone:
-            done = Executed(op, n, None, gone, 0.0)
-        except asyncio.CancelledError:  # drain gave up on this batch: its callers get an answer, not silence
-            for e in batch.entries:
-                if not e.ref.future.done():
-                    e.ref.future.set_exception(NotReady("server is shutting down"))
-            raise
-        finally:
-            self._running -= n
-            metrics.QUEUE_ENTRIES.labels(op, "pending").dec(n)
+            while (batch := self._next()) is not None:
+                n = len(batch.entries)
+                metrics.QUEUE_ENTRIES.labels(batch.op, "pending").inc(n)
+                try:
+                    done = self._call(runtime, batch.op, [e.ref.payload for e in batch.entries], batch.key)
+                finally:
+                    metrics.QUEUE_ENTRIES.labels(batch.op, "pending").dec(n)
+                    with self._cond:
+                        self._running -= n
+                        self._inflight.pop(id(batch), None)
+                        if done.results is not None:
+                            self.times.update(batch.op, done.runtime_s, n)
+                self._post(self._answer, batch, done)
+        except Exception:  # execute() never raises; this is a bug, reported by liveness_problem
+            log.exception("runtime lane failed")
+            self._lane_failed = True
+
+    def _next(self) -> Batch[Item] | None:
+        """Block until a batch is due (answering the entries dropped on the way); None when stopping."""
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                for e in self.entries:
+                    e.cancelled = e.ref.future.done()  # the client went away (or submit gave up)
+                decided = next_batch(self.entries, self.policy, now, run_estimate_s=self.times.batch_s,
+                                     draining=self._draining)
+                take(self.entries, decided)
+                if decided.dropped:
+                    metrics.observe_dropped(decided.dropped, "queue")
+                    self._post(self._fail, [d.entry for d in decided.dropped],
+                               DeadlineExceeded("deadline passed (or would pass) while queued"))
+                if isinstance(decided, Batch):
+                    metrics.observe_formed(decided, now)
+                    self._running += len(decided.entries)
+                    self._inflight[id(decided)] = decided
+                    self.batches.append(BatchRecord(decided.op, len(decided.entries), decided.reason))
+                    if self.entries:
+                        self._cond.notify()  # another idle lane may take what is left
+                    return decided
+                self._cond.wait(None if decided.until is None else max(0.0, decided.until - now))
+        return None
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the event loop (futures are not thread-safe); a closed loop has no one to answer."""
+        assert self._loop is not None  # lanes start in attach(), after start()
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    @staticmethod
+    def _fail(entries: list[Entry[Item]], failure: Exception) -> None:
+        for e in entries:
+            if not e.ref.future.done():
+                e.ref.future.set_exception(failure)
+
+    def _answer(self, batch: Batch[Item], done: Executed) -> None:
+        """On the event loop: the batch's results to their futures, or its error to every item."""
         if done.results is None:
             err = done.error
-            log.error("batch of %d %s items failed: %r", n, op, err)
+            log.error("batch of %d %s items failed: %r", len(batch.entries), batch.op, err)
             failure: Exception = err if isinstance(err, NotReady) else (
                 InvalidInput(str(err)) if error_code(err or Exception()) == "invalid_input"
                 else BackendError(f"inference failed: {type(err).__name__}"))
-            for e in batch.entries:
-                if not e.ref.future.done():
-                    e.ref.future.set_exception(failure)
+            self._fail(batch.entries, failure)
             return
-        self.times.update(op, done.runtime_s, n)
-        self.batches.append(BatchRecord(op, n, batch.reason))
         for e, result in zip(batch.entries, done.results, strict=True):
             if not e.ref.future.done():
                 e.ref.future.set_result(result)
 
     def _call(self, runtime: Runtime, op: Op, payloads: list[Array], key: Any) -> Executed:
-        """On the runtime thread: one watched core execution."""
+        """On a lane thread: one watched core execution."""
         self.watch.begin()
         try:
             return execute(runtime, op, payloads, cap=self.policy.cap(op), bucket=bucket_of(key))

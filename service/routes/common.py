@@ -270,6 +270,8 @@ async def submit_all(
     batcher = state.batcher
 
     async def run() -> list[npt.NDArray[Any]]:
+        if len(payloads) == 1:  # the common case: no task of its own
+            return [await batcher.submit(op, payloads[0], deadline)]
         tasks = [asyncio.ensure_future(batcher.submit(op, p, deadline)) for p in payloads]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from evotok.export.fake import FakeRuntime
 from evotok.model.config import get_preset
-from evotok.service.codes_io import codes_from_json, codes_from_npy, to_npy, validate_codes
+from evotok.service.codes_io import codes_from_json, codes_from_npy, read_npy_header, to_npy, validate_codes
 from evotok.service.errors import InvalidCodes, InvalidImage, InvalidInput, PayloadTooLarge
 from evotok.service.imaging import encode_png, fit_to_model, load_image, prepare_image
 from evotok.service.model_info import load_model_info
@@ -77,6 +77,48 @@ def test_codes_validation_bounds() -> None:
     np.testing.assert_array_equal(codes_from_json({"codes": codes.tolist()}, INFO), codes)
     with pytest.raises(InvalidCodes):
         codes_from_json({"codes": [[["1"]]]}, INFO)
+
+
+@pytest.mark.parametrize("arr", [
+    np.zeros((16, 16, 16), np.uint16), np.arange(5, dtype="<i8"), np.zeros((), np.float32),
+    np.zeros((2, 8, 8, 3), np.uint8), np.zeros((0, 3), ">f4"), np.ones((3, 4), bool),
+], ids=lambda a: f"{a.dtype.str}{a.shape}")
+def test_npy_writer_and_header_reader_agree_with_numpy(arr: np.ndarray) -> None:
+    """``to_npy`` writes the bytes ``np.save`` writes; ``read_npy_header`` reads numpy's headers (versions 1 and
+    2, Fortran order) without evaluating them, and leaves the buffer at the payload."""
+    ref = io.BytesIO()
+    np.save(ref, arr, allow_pickle=False)
+    assert to_npy(arr) == ref.getvalue()
+    for version in ((1, 0), (2, 0)):
+        for a in (arr, np.asfortranarray(arr)):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, a, version=version)
+            data = buf.getvalue()
+            head = io.BytesIO(data)
+            shape, fortran, dtype = read_npy_header(head)
+            assert (shape, dtype) == (a.shape, a.dtype)
+            assert fortran == (a.ndim > 1 and not a.flags.c_contiguous)
+            assert len(data) - head.tell() == a.nbytes
+
+
+@pytest.mark.parametrize("header", [
+    "{'descr': [('a', '<i4')], 'fortran_order': False, 'shape': (3,), }",  # structured
+    "{'descr': '<u1', 'fortran_order': False, 'shape': (3,), 'extra': 1, }",  # unknown key
+    "{'descr': '<u1', 'fortran_order': False, }",  # missing key
+    "{'descr': '<u1', 'descr': '<u2', 'fortran_order': False, 'shape': (3,), }",  # repeated key
+    "{'descr': '<u1', 'fortran_order': __import__('os'), 'shape': (3,), }",  # code, never evaluated
+    "{'descr': '<u1', 'fortran_order': False, 'shape': (-3,), }",
+    "{'descr': 'not a dtype', 'fortran_order': False, 'shape': (3,), }",
+])
+def test_npy_header_reader_refuses_what_is_not_a_plain_array(header: str) -> None:
+    raw = header.encode("latin1")
+    raw += b" " * (63 - (10 + len(raw)) % 64) + b"\n"
+    data = b"\x93NUMPY\x01\x00" + len(raw).to_bytes(2, "little") + raw + b"\0" * 8
+    with pytest.raises(InvalidCodes, match=r"not a valid \.npy"):
+        read_npy_header(io.BytesIO(data))
+    for cut in (3, 9, 20):  # truncated anywhere
+        with pytest.raises(InvalidCodes, match=r"not a valid \.npy"):
+            read_npy_header(io.BytesIO(data[:cut]))
 
 
 def test_load_model_info_from_config_json(tmp_path: Path) -> None:
