@@ -224,3 +224,18 @@ def test_usable_cores_follow_a_container_cpu_limit(tmp_path) -> None:  # type: i
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")  # cgroup v1, 1 core
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert usable_cores(tmp_path) == 1
+
+
+async def test_drain_past_its_timeout_answers_the_batch_still_running() -> None:
+    """A runtime call outlasting the drain: its caller gets NotReady (an answer, not silence) and drain returns."""
+    b, _rt = await _batcher(max_batch=1, delay_s=0.0, rt_delay=2.0)
+    stuck = asyncio.create_task(b.submit("encode", IMG, _deadline(10.0)))
+    queued = asyncio.create_task(b.submit("encode", IMG, _deadline(10.0)))
+    await asyncio.sleep(0.1)  # the first runs (2 s), the second waits for the only lane
+    t0 = time.monotonic()
+    await b.drain(0.2)
+    assert time.monotonic() - t0 < 1.9  # did not wait for the call to finish
+    for task in (stuck, queued):
+        with pytest.raises(NotReady):
+            await asyncio.wait_for(task, 1.0)
+    assert not b.alive
