@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "worker": ("evotok.service.cli", "worker_main", "run a Redis Streams inference worker"),
     "export": ("evotok.export.cli", "main", "export ONNX/TensorRT engines and check parity"),
     "train": ("evotok.model.train.cli", "train_main", "train a model (one process or torchrun)"),
+    "refit": ("evotok.model.train.cli", "refit_main", "refit a model folder's pixel output bias (the colour cast)"),
     "eval": ("evotok.model.train.cli", "eval_main", "evaluate a checkpoint on the held-out split"),
     "data": ("evotok.model.train.cli", "data_main", "install the offline photo set and write the split"),
     "convert": ("evotok.model.convert", "main", "convert an official EvoTok checkpoint"),

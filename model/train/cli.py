@@ -111,6 +111,29 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
+def refit_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="evotok refit",
+        description="refit a model folder's pixel output bias (the colour cast) in closed form on training crops "
+                    "(the last step of `evotok train` with refit_output; model/train/refit.py)")
+    p.add_argument("--weights", type=Path, required=True, help="model folder (model.safetensors + config.json)")
+    p.add_argument("--data", default="data/split.json", help="split manifest or image folder: the training photos")
+    p.add_argument("--out", type=Path, default=None, help="write here instead of in place")
+    p.add_argument("--stride", type=int, default=2, help="every stride-th training photo")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = default)")
+    args = p.parse_args(argv)
+    _setup_logging()
+    import torch
+
+    from evotok.model.train.export_weights import refit_folder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    digest = refit_folder(args.weights, args.data, args.out, stride=args.stride)
+    print(f"refitted -> {args.out or args.weights} (weights {digest[:12]})")
+    return 0
+
+
 def eval_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="evotok eval", description="evaluate a model folder on the held-out split")
     p.add_argument("--weights", type=Path, default=None, help="model folder (default: the shipped model)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,17 @@ def _git_commit() -> str:
 
 
 def export_from_trainer(trainer: Any, folder: Path, last_losses: dict[str, float] | None = None) -> str:
+    """The trained model as a model folder; with ``refit_output`` its output bias is refitted first
+    (``refit.py``, deterministic, recorded under ``provenance.output_refit``)."""
+    model = trainer.model.eval()
+    refit: dict[str, Any] | None = None
+    if trainer.tcfg.refit_output:
+        from evotok.model.train.refit import refit_from_photos
+        from evotok.model.train.trainer import _load_train_images
+
+        t0 = time.perf_counter()
+        done = refit_from_photos(model, _load_train_images(trainer.tcfg.data), stride=trainer.tcfg.refit_stride)
+        refit = {**done.to_dict(), "minutes": round((time.perf_counter() - t0) / 60, 1)}
     provenance = {
         "train_config": dataclasses.asdict(trainer.tcfg),
         "steps": trainer.step,
@@ -31,6 +43,24 @@ def export_from_trainer(trainer: Any, folder: Path, last_losses: dict[str, float
         "host": platform.processor() or platform.machine(),
         "git_commit": _git_commit(),
         "last_train_losses": last_losses or {},
+        **({"output_refit": refit} if refit is not None else {}),
     }
-    model = trainer.model.eval()
     return save_weights(model, folder, provenance=provenance)
+
+
+def refit_folder(folder: Path, data: str, out: Path | None = None, *, stride: int = 2) -> str:
+    """``evotok refit``: refit a model folder's output bias (``refit.py``) and write it to ``out`` (default:
+    in place), keeping the folder's provenance and adding ``output_refit``. Returns the new weights hash."""
+    from evotok.model.checkpoint import load_model
+    from evotok.model.train.refit import refit_from_photos
+    from evotok.model.train.trainer import _load_train_images
+
+    model, loaded = load_model(folder)
+    card = loaded.card
+    provenance = dict(card.get("provenance") or {})
+    if "output_refit" in provenance:
+        raise ValueError(f"{folder}: the output bias was refitted already ({provenance['output_refit']})")
+    t0 = time.perf_counter()
+    done = refit_from_photos(model.eval(), _load_train_images(data), stride=stride)
+    provenance["output_refit"] = {**done.to_dict(), "minutes": round((time.perf_counter() - t0) / 60, 1)}
+    return save_weights(model, out or folder, provenance=provenance, metrics=card.get("metrics") or {})

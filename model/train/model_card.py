@@ -40,6 +40,14 @@ def _recipe(t: dict[str, Any]) -> str:
             f"{t.get('threads') or 'default'} torch threads.")
 
 
+def _refit(r: dict[str, Any]) -> str:
+    """The output-bias refit done at export (``model/train/refit.py``), from the provenance."""
+    delta = ", ".join(f"{c} {v:+.2f}" for c, v in zip("RGB", r.get("bias_delta_rgb", []), strict=False))
+    return (f"- **Output bias refit** (`model/train/refit.py`, at export): least-squares colour offset over "
+            f"{r.get('crops')} fixed crops of {r.get('photos')} training photos at every pixel depth; bias change "
+            f"{delta} /255, training-crop MSE {r.get('mse_before', 0):.5f} -> {r.get('mse_after', 0):.5f}.")
+
+
 def write_card(folder: Path, result: EvalResult, *, command: str, eval_command: str, notes: list[str]) -> None:
     card_path = folder / "config.json"
     card: dict[str, Any] = json.loads(card_path.read_text())
@@ -62,6 +70,7 @@ def write_card(folder: Path, result: EvalResult, *, command: str, eval_command: 
         f"{prov.get('world_size')} process(es) on `{prov.get('device')}` (a 2-core CPU development machine; "
         "**not a GPU run**), torch " + str(prov.get("torch")) + f", git `{str(prov.get('git_commit'))[:12]}`.",
         f"- **Recipe** (`evotok train --recipe`, `model/train/trainer.py` RECIPES): {_recipe(tcfg)}",
+        *([_refit(prov["output_refit"])] if prov.get("output_refit") else []),
         "- **Data**: `data/split.json` (`evotok data`): real photos from the Debian packages "
         "plasma-workspace-wallpapers, mate-backgrounds, lomiri-wallpapers-20.04, opencv-doc and the "
         "scikit-image / scikit-learn / matplotlib wheels, multi-scale random crops with flips. "
