@@ -3,9 +3,10 @@
 The pixel decoder ends in ``conv_out``, a 3x3 convolution to RGB whose bias sets each channel's mean. After the
 optimiser stops, that bias is wherever Adam's last small, noisy steps (batch 2 at 256 px in the shipped recipe)
 left it, which is not where the MSE is lowest: the shipped v3 weights reconstructed the training crops with a
-mean channel shift of (-3.3, +0.3, -2.8)/255 (and held-out crops with (-4.2, +2.5, -5.3)/255). The shift is
-there in the MSE-only phase too (step 2580 of the same recipe: (-6.0, -4.0, -2.3) on training crops), so it
-is not the perceptual term's doing; it is optimisation noise in three parameters that nothing but the MSE
+mean channel shift of (-3.3, +0.3, -2.8)/255 (every second training photo; held-out crops: (-4.2, +2.5,
+-5.3)/255). The shift is there in the MSE-only phase too (step 2580 of the same recipe: (-6.0, -4.0, -2.3) on
+the crops of the first 14 training photos; v3 on those: (-2.9, +0.4, -2.3)), so it is not the perceptual
+term's doing; it is optimisation noise in three parameters that nothing but the MSE
 pulls on. This step sets them to their least-squares value with everything else frozen: the bias moves by the
 mean residual ``mean(crop - output)`` per channel, over the fixed 256x256 crops (``data.held_out_crops``, the
 evaluation's crop layout, applied to training photos) of every ``stride``-th training photo, decoded at every
