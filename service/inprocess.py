@@ -93,9 +93,8 @@ class InProcessBatcher(Batcher):
         self._factory = runtime_factory
         self._caps: dict[str, Any] | None = None
         self.lanes = lanes
-        self._running = 0  # items in the batches now running
         self._inflight: dict[int, Batch[Item]] = {}  # id -> the batches now running (answered by drain past its timeout)
-        self._cond = threading.Condition()  # guards entries, _running, _inflight, times; lanes wait on it
+        self._cond = threading.Condition()  # guards entries, _inflight, times; lanes wait on it
         self._lanes: list[threading.Thread] = []
         self._lane_failed = False
         self._runtime: Runtime | None = None
@@ -191,7 +190,7 @@ class InProcessBatcher(Batcher):
         oldest = min((e.enqueued for e in self.entries), default=now)
         return BatcherStats(
             queued=len(self.entries),
-            in_flight=len(self.entries) + self._running,
+            in_flight=len(self.entries) + self._running(),
             oldest_age_s=now - oldest,
             ready=self._runtime is not None and self.alive and not self._draining,
             draining=self._draining,
@@ -202,7 +201,7 @@ class InProcessBatcher(Batcher):
             self._draining = True
             self._cond.notify_all()  # a batch still forming closes now ("drain")
         end = time.monotonic() + timeout_s
-        while (self.entries or self._running) and time.monotonic() < end and self.alive:
+        while (self.entries or self._inflight) and time.monotonic() < end and self.alive:
             await asyncio.sleep(0.01)
         with self._cond:
             self._stopping = True
@@ -223,7 +222,7 @@ class InProcessBatcher(Batcher):
             raise NotReady("server is draining; retry on another replica")
         if self._runtime is None or not self.alive:
             raise NotReady("model is not loaded yet; see GET /readyz")
-        backlog = len(self.entries) + self._running
+        backlog = len(self.entries) + self._running()
         if backlog >= self.max_queue_size:
             rate = self.times.items_per_s() or 1.0
             raise Overloaded(f"queue is full ({self.max_queue_size} items); retry later",
@@ -241,6 +240,10 @@ class InProcessBatcher(Batcher):
         except TimeoutError:
             metrics.DEADLINE_EXCEEDED.labels(op, "api").inc()
             raise DeadlineExceeded(f"no result within the request deadline ({deadline - now:.3f} s)") from None
+
+    def _running(self) -> int:
+        """Items in the batches now running."""
+        return sum(len(b.entries) for b in list(self._inflight.values()))
 
     def publish_gauges(self) -> None:
         """Queue depth / oldest age per op, and the age of the runtime call in progress (at scrape time)."""
@@ -264,7 +267,6 @@ class InProcessBatcher(Batcher):
                 finally:
                     metrics.QUEUE_ENTRIES.labels(batch.op, "pending").dec(n)
                     with self._cond:
-                        self._running -= n
                         self._inflight.pop(id(batch), None)
                         if done.results is not None:
                             self.times.update(batch.op, done.runtime_s, n)
@@ -289,7 +291,6 @@ class InProcessBatcher(Batcher):
                                DeadlineExceeded("deadline passed (or would pass) while queued"))
                 if isinstance(decided, Batch):
                     metrics.observe_formed(decided, now)
-                    self._running += len(decided.entries)
                     self._inflight[id(decided)] = decided
                     self.batches.append(BatchRecord(decided.op, len(decided.entries), decided.reason))
                     if self.entries:

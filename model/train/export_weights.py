@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,9 @@ def export_from_trainer(trainer: Any, folder: Path, last_losses: dict[str, float
     model = trainer.model.eval()
     refit: dict[str, Any] | None = None
     if trainer.tcfg.refit_output:
-        from evotok.model.train.refit import refit_from_photos
-        from evotok.model.train.trainer import _load_train_images
+        from evotok.model.train.refit import refit_from_data
 
-        t0 = time.perf_counter()
-        done = refit_from_photos(model, _load_train_images(trainer.tcfg.data), stride=trainer.tcfg.refit_stride)
-        refit = {**done.to_dict(), "minutes": round((time.perf_counter() - t0) / 60, 1)}
+        refit = refit_from_data(model, trainer.tcfg.data, stride=trainer.tcfg.refit_stride).to_dict()
     provenance = {
         "train_config": dataclasses.asdict(trainer.tcfg),
         "steps": trainer.step,
@@ -52,15 +48,11 @@ def refit_folder(folder: Path, data: str, out: Path | None = None, *, stride: in
     """``evotok refit``: refit a model folder's output bias (``refit.py``) and write it to ``out`` (default:
     in place), keeping the folder's provenance and adding ``output_refit``. Returns the new weights hash."""
     from evotok.model.checkpoint import load_model
-    from evotok.model.train.refit import refit_from_photos
-    from evotok.model.train.trainer import _load_train_images
+    from evotok.model.train.refit import refit_from_data
 
     model, loaded = load_model(folder)
-    card = loaded.card
-    provenance = dict(card.get("provenance") or {})
+    provenance = dict(loaded.card.get("provenance") or {})
     if "output_refit" in provenance:
         raise ValueError(f"{folder}: the output bias was refitted already ({provenance['output_refit']})")
-    t0 = time.perf_counter()
-    done = refit_from_photos(model.eval(), _load_train_images(data), stride=stride)
-    provenance["output_refit"] = {**done.to_dict(), "minutes": round((time.perf_counter() - t0) / 60, 1)}
-    return save_weights(model, out or folder, provenance=provenance, metrics=card.get("metrics") or {})
+    provenance["output_refit"] = refit_from_data(model.eval(), data, stride=stride).to_dict()
+    return save_weights(model, out or folder, provenance=provenance, metrics=loaded.card.get("metrics") or {})

@@ -21,10 +21,11 @@ deterministic for a given thread count, like training.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ class RefitResult:
     bias_delta_rgb: list[float]  # added to conv_out.bias, 0..255 units
     mse_before: float  # on those pixels, unclamped output vs crop, [-1, 1] units
     mse_after: float
+    minutes: float = 0.0  # wall time of the refit, photo loading included (set by refit_from_data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,10 +85,14 @@ def refit_output_bias(model: Any, crops: Sequence[npt.NDArray[np.uint8]], *, pho
     return result
 
 
-def refit_from_photos(model: Any, paths: Sequence[Path], *, stride: int = 2) -> RefitResult:
-    """``refit_output_bias`` on the fixed crops of every ``stride``-th photo of ``paths`` (training photos)."""
+def refit_from_data(model: Any, data: str, *, stride: int = 2) -> RefitResult:
+    """``refit_output_bias`` on the fixed crops of every ``stride``-th training photo of ``data`` (a split
+    manifest or an image folder, as ``evotok train --data``), timed."""
     from evotok.model.train.data import held_out_crops
+    from evotok.model.train.trainer import load_train_images
 
-    chosen = list(paths)[::stride]
+    t0 = time.perf_counter()
+    chosen = load_train_images(data)[::stride]
     crops = [held_out_crops([p], model.cfg.image_size) for p in chosen]
-    return refit_output_bias(model, crops, photos=len(chosen))
+    done = refit_output_bias(model, crops, photos=len(chosen))
+    return dataclasses.replace(done, minutes=round((time.perf_counter() - t0) / 60, 1))

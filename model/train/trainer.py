@@ -159,7 +159,8 @@ def build_teacher(cfg: EvoTokConfig) -> SemanticBackbone:
     return backbone
 
 
-def _load_train_images(spec: str) -> list[Path]:
+def load_train_images(spec: str) -> list[Path]:
+    """The training photos of a split manifest (its ``train`` list) or of an image folder (all of it)."""
     from evotok.model.train.data import find_images
     from evotok.model.train.photos import load_split
 
@@ -360,7 +361,7 @@ class Trainer:
         if resume and self.ckpt_path.exists():
             self.load(self.ckpt_path)
             log.info("resumed from %s at step %d (%.1f min spent)", self.ckpt_path, self.step, self.elapsed_s / 60)
-        self.sampler = CropSampler(_load_train_images(t.data), max(t.crop, t.final_crop))
+        self.sampler = CropSampler(load_train_images(t.data), max(t.crop, t.final_crop))
         data_path = Path(t.data)
         if data_path.is_file() and self.dist.main:
             held = held_out_crops(load_split(data_path).held_out[:4], self.cfg.image_size, grid_sides=())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ def test_export_with_refit_and_evotok_refit_on_a_folder(trained: Trainer, photo_
     assert loaded.card["provenance"]["steps"] == 3  # the training provenance is kept
     with pytest.raises(ValueError, match="refitted already"):
         refit_folder(tmp_path / "refit", str(photo_dir), stride=3)
-    trained.tcfg = type(trained.tcfg).from_dict({**trained.tcfg.__dict__, "refit_output": True, "refit_stride": 3})
+    trained.tcfg = dataclasses.replace(trained.tcfg, refit_output=True, refit_stride=3)
     export_from_trainer(trained, tmp_path / "exported")  # the recipe's path: refit at export
     exported = load_model(tmp_path / "exported")[1]
     assert exported.card["provenance"]["output_refit"]["photos"] == 1
