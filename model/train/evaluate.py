@@ -5,6 +5,11 @@ Metrics, all on the same crops (``data.held_out_crops``):
 - Pixel fidelity for every prefix depth 1..pixel_depth the pixel decoder reads: PSNR and SSIM (scikit-image;
   the uint8 reconstruction / 255 against the uint8 crop / 255, ``data_range=1``: the standard convention, not
   the official script's inflated ``data_range=2`` SSIM).
+- What the pixel decoder could get from more depths: PSNR when it reads the prefix sum of every depth 1..D
+  (``psnr_all_depths``; it is trained on 1..pixel_depth only) and when it reads the encoder's unquantized latent
+  (``psnr_unquantized``): the ceiling that no number of residual depths can pass. When PSNR at the pixel depth
+  is already close to it, fidelity and the growth from depth 1 are bounded by the latent and the decoder, not
+  by the quantizer.
 - Colour fidelity at every prefix depth: the mean absolute difference of per-image channel means,
   reconstruction vs original, in 0..255 units (``colour_error_by_depth``; a systematic cast shows here even when
   PSNR hides it), and the signed mean shift per channel (R, G, B) at the pixel depth.
@@ -50,6 +55,8 @@ class EvalResult:
     semantic_cos_by_depth: list[float]
     colour_error_by_depth: list[float] = field(default_factory=list)  # mean |channel mean diff|, 0..255 units
     colour_shift_rgb: list[float] = field(default_factory=list)  # signed mean (recon - original), R, G, B, 0..255
+    psnr_all_depths: list[float] = field(default_factory=list)  # decoder reading prefix 1..D (trained on 1..pd)
+    psnr_unquantized: float | None = None  # decoder reading the unquantized latent: the ceiling of the depths
     crop_fid: float | None = None
     crop_kid: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -64,6 +71,7 @@ class EvalResult:
             f"ssim@{d}": round(self.ssim_by_depth[d - 1], 4),
             "semantic_cos@D": round(self.semantic_cos_by_depth[-1], 4) if self.semantic_cos_by_depth else None,
             "min_usage": round(min(self.usage_by_depth), 3),
+            "psnr_unquantized": None if self.psnr_unquantized is None else round(self.psnr_unquantized, 2),
             f"colour_err@{d}": round(self.colour_error_by_depth[d - 1], 2) if self.colour_error_by_depth else None,
             "crop_fid": None if self.crop_fid is None else round(self.crop_fid, 2),
             "crop_kid": None if self.crop_kid is None else round(self.crop_kid, 4),
@@ -78,6 +86,12 @@ def _psnr_ssim(gt: npt.NDArray[np.uint8], rec: npt.NDArray[np.uint8]) -> tuple[f
         float(peak_signal_noise_ratio(a, b, data_range=1.0)),
         float(structural_similarity(a, b, data_range=1.0, channel_axis=-1)),
     )
+
+
+def _psnr(gt: npt.NDArray[np.uint8], rec: npt.NDArray[np.uint8]) -> float:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(gt.astype(np.float64) / 255.0, rec.astype(np.float64) / 255.0, data_range=1.0))
 
 
 def inception_path() -> Path | None:
@@ -130,6 +144,7 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
     model.eval()
     pd, depth_total, k = cfg.pixel_depth, cfg.num_depths, cfg.codebook_size
     psnr = np.zeros((pd, len(crops)))
+    psnr_all = np.zeros((depth_total + 1, len(crops)))  # rows 0..D-1: prefix depth 1..D; row D: unquantized
     ssim = np.zeros((pd, len(crops)))
     sem = np.zeros((depth_total, len(crops)))
     shift = np.zeros((pd, len(crops), 3))  # per-image channel-mean difference, recon - original, 0..255
@@ -138,7 +153,13 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
     for i in range(0, len(crops), batch):
         gt = crops[i : i + batch]
         x = images_to_tensor(gt)
-        codes = model.encode(x)  # (B, h, w, D)
+        latent = model.encode_latent(x)  # (B, h, w, C) unquantized
+        codes = model.quantize(latent).codes  # (B, h, w, D)
+        for d in range(1, depth_total + 2):
+            z = latent if d > depth_total else model.codes_to_latent(codes[..., :d])
+            deep = tensor_to_images(model.decode_latent(z)).numpy()
+            for j in range(len(gt)):
+                psnr_all[d - 1, i + j] = _psnr(gt[j], deep[j])
         for d in range(depth_total):
             counts[d] += np.bincount(codes[..., d].reshape(-1).numpy(), minlength=k)
         for d in range(1, pd + 1):
@@ -168,6 +189,8 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
         semantic_cos_by_depth=sem.mean(axis=1).tolist() if teacher is not None else [],
         colour_error_by_depth=np.abs(shift).mean(axis=(1, 2)).tolist(),
         colour_shift_rgb=shift[pd - 1].mean(axis=0).tolist(),
+        psnr_all_depths=psnr_all[:depth_total].mean(axis=1).tolist(),
+        psnr_unquantized=float(psnr_all[depth_total].mean()),
     )
     if teacher is None:
         result.notes.append("semantic similarity skipped: no teacher weights for this encoder")
@@ -194,8 +217,16 @@ def plot_evolution(result: EvalResult, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     d_pix = list(range(1, result.pixel_depth + 1))
-    axes[0].plot(d_pix, result.psnr_by_depth, "o-", color="tab:blue")
-    axes[0].set(title="Pixel fidelity (held-out crops)", xlabel="prefix depth", ylabel="PSNR (dB)", xticks=d_pix)
+    axes[0].plot(d_pix, result.psnr_by_depth, "o-", color="tab:blue", label=f"depths 1..{result.pixel_depth} (served)")
+    ticks = d_pix
+    if result.psnr_all_depths:
+        d_all = list(range(1, len(result.psnr_all_depths) + 1))
+        axes[0].plot(d_all, result.psnr_all_depths, ".--", color="tab:gray", label="prefix 1..D (not trained)")
+        ticks = d_all[::2]
+    if result.psnr_unquantized is not None:
+        axes[0].axhline(result.psnr_unquantized, color="tab:red", lw=1, label="unquantized latent")
+    axes[0].set(title="Pixel fidelity (held-out crops)", xlabel="prefix depth", ylabel="PSNR (dB)", xticks=ticks)
+    axes[0].legend(fontsize=7, loc="lower right")
     if result.semantic_cos_by_depth:
         d_all = list(range(1, len(result.semantic_cos_by_depth) + 1))
         axes[1].plot(d_all, result.semantic_cos_by_depth, "o-", color="tab:green")

@@ -83,3 +83,23 @@ def test_card_notes_come_from_the_model_folder(tmp_path) -> None:  # type: ignor
     assert card_notes(tmp_path) == []
     (tmp_path / "CARD_NOTES.md").write_text("# notes\n\n- first note,\n  wrapped\n- second\n")
     assert card_notes(tmp_path) == ["first note, wrapped", "second"]
+
+
+def test_decoder_ceiling_beyond_the_pixel_depth() -> None:
+    """psnr_all_depths repeats psnr_by_depth on 1..pixel_depth and goes on to D; psnr_unquantized reads the
+    latent itself, so a decoder that ignores its input scores the same at every depth and unquantized."""
+    from evotok.model.config import get_preset
+    from evotok.model.evotok import EvoTok
+
+    torch.manual_seed(0)
+    model = EvoTok(get_preset("evotok-tiny"), pretrained_backbone=False).eval()
+    crops = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    r = evaluate(model, "x", crops, None, fid=False, batch=2)
+    pd, depths = model.cfg.pixel_depth, model.cfg.num_depths
+    assert len(r.psnr_all_depths) == depths and r.psnr_unquantized is not None
+    assert r.psnr_all_depths[:pd] == pytest.approx(r.psnr_by_depth, abs=1e-9)
+    assert len(set(np.round(r.psnr_all_depths, 6))) > 1  # a random decoder does read its input
+    with torch.no_grad():
+        model.post_quant_conv.weight.zero_()
+    flat = evaluate(model, "x", crops, None, fid=False, batch=2)
+    assert flat.psnr_all_depths == pytest.approx([flat.psnr_unquantized] * depths, abs=1e-9)
