@@ -42,7 +42,9 @@ data: venv
 	$(BIN)/evotok data
 
 train-small: venv data
-	$(BIN)/evotok train --recipe evotok-small --out runs/evotok-small --resume --export-weights weights/evotok-small
+	# stage 1 (10000 steps), then stage 2 from its folder: the cell colour loss (model/train/trainer.py RECIPES)
+	$(BIN)/evotok train --recipe evotok-small --out runs/evotok-small --resume --export-weights runs/evotok-small/stage1
+	$(BIN)/evotok train --recipe evotok-small-colour --out runs/evotok-small-colour --resume --export-weights weights/evotok-small
 	$(BIN)/evotok export --weights weights/evotok-small --golden
 	$(BIN)/evotok eval --weights weights/evotok-small --out docs/eval --write-card
 

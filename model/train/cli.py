@@ -20,7 +20,9 @@ from typing import Any
 # `make train-small` runs exactly this (after `evotok data`), then `evotok export --golden` and the eval.
 TRAIN_SMALL_COMMAND = (
     "evotok data && evotok train --recipe evotok-small --out runs/evotok-small --resume "
-    "--export-weights weights/evotok-small && evotok export --weights weights/evotok-small --golden"
+    "--export-weights runs/evotok-small/stage1 && evotok train --recipe evotok-small-colour "
+    "--out runs/evotok-small-colour --resume --export-weights weights/evotok-small && "
+    "evotok export --weights weights/evotok-small --golden"
 )
 CARD_NOTES_FILE = "CARD_NOTES.md"  # in the model folder: one "- " bullet per note, kept by `evotok eval --write-card`
 

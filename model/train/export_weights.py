@@ -20,6 +20,18 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _stage(folder: Path) -> dict[str, Any]:
+    """What a fine-tuning stage started from: the folder's hash and its own training (steps, minutes, recipe)."""
+    from evotok.model.card import read_card
+
+    card = read_card(folder)
+    prov = card.get("provenance") or {}
+    return {"folder": str(folder), "hash": card.get("hash"), "steps": prov.get("steps"),
+            "wall_minutes": prov.get("wall_minutes"), "train_config": prov.get("train_config"),
+            **({"output_refit": prov["output_refit"]} if prov.get("output_refit") else {}),
+            **({"init_from": prov["init_from"]} if prov.get("init_from") else {})}
+
+
 def export_from_trainer(trainer: Any, folder: Path, last_losses: dict[str, float] | None = None) -> str:
     """The trained model as a model folder; with ``refit_output`` its output bias is refitted first
     (``refit.py``, deterministic, recorded under ``provenance.output_refit``)."""
@@ -40,6 +52,7 @@ def export_from_trainer(trainer: Any, folder: Path, last_losses: dict[str, float
         "git_commit": _git_commit(),
         "last_train_losses": last_losses or {},
         **({"output_refit": refit} if refit is not None else {}),
+        **({"init_from": _stage(Path(trainer.tcfg.init_from))} if trainer.tcfg.init_from else {}),
     }
     return save_weights(model, folder, provenance=provenance)
 

@@ -6,6 +6,9 @@
   squared difference, spatial mean, summed over taps, no learned heads. It is *not* LPIPS; we call it
   "EfficientNet feature distance" everywhere.
 - PatchGAN (``discriminator.py``) hinge loss, switched on at ``disc_start``.
+- Cell colour (optional, ``w_colour``): MSE between the reconstruction's and the input's mean colour over each
+  token cell (16x16 pixels): the low-frequency part of the pixel MSE, weighted up so that the colour each
+  token carries is not traded away for edges.
 - Commitment (from the quantizer, averaged over all depths).
 - Semantic: 1 - cos per token, plus the 4-fold chunked cosine, against the frozen teacher's features.
 """
@@ -35,6 +38,11 @@ class FeatureDistance(nn.Module):
             b = b / (b.norm(dim=1, keepdim=True) + 1e-10)
             total = total + ((a - b) ** 2).sum(dim=1).mean()
         return total
+
+
+def cell_colour_loss(recon: Tensor, target: Tensor, cell: int = 16) -> Tensor:
+    """recon, target ``(B, 3, H, W)`` in [-1, 1] -> MSE of their per-cell mean colours (``cell`` x ``cell``)."""
+    return F.mse_loss(F.avg_pool2d(recon, cell), F.avg_pool2d(target, cell))
 
 
 def semantic_loss(pred: Tensor, target: Tensor, folds: int = 4) -> tuple[Tensor, Tensor]:

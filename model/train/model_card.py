@@ -28,6 +28,8 @@ def _recipe(t: dict[str, Any]) -> str:
     if t.get("lr_schedule") == "cosine":
         lr += f", {t.get('warmup_steps')} warm-up steps then cosine to {t.get('lr_min_ratio')} x lr"
     perc = f"EfficientNet feature distance (LPIPS-style, *not* LPIPS) x{t.get('w_perceptual')}"
+    if t.get("w_colour"):
+        perc += f", cell colour MSE (16x16 cell means) x{t.get('w_colour')}"
     if t.get("perceptual_start"):
         perc += f" from step {t.get('perceptual_start')}"
     adv = (f"PatchGAN hinge x{t.get('w_adv')} from step {t.get('disc_start')}" if t.get("w_adv")
@@ -40,12 +42,31 @@ def _recipe(t: dict[str, Any]) -> str:
             f"{t.get('threads') or 'default'} torch threads.")
 
 
+def _stage1(init: dict[str, Any]) -> list[str]:
+    """A fine-tuning stage's start: the stage-1 folder (``init_from``), its recipe, refit and time."""
+    t = init.get("train_config") or {}
+    lines = [f"- **Stage 1** (weights `{str(init.get('hash'))[:12]}`, {init.get('steps')} steps, "
+             f"{init.get('wall_minutes')} min wall time; the stage-2 time above comes on top): {_recipe(t)}"]
+    if init.get("output_refit"):
+        lines.append(_refit(init["output_refit"]).replace("at export)", "at the stage-1 export)", 1))
+    return lines
+
+
 def _refit(r: dict[str, Any]) -> str:
     """The output-bias refit done at export (``model/train/refit.py``), from the provenance."""
     delta = ", ".join(f"{c} {v:+.2f}" for c, v in zip("RGB", r.get("bias_delta_rgb", []), strict=False))
     return (f"- **Output bias refit** (`model/train/refit.py`, at export): least-squares colour offset over "
             f"{r.get('crops')} fixed crops of {r.get('photos')} training photos at every pixel depth; bias change "
             f"{delta} /255, training-crop MSE {r.get('mse_before', 0):.5f} -> {r.get('mse_after', 0):.5f}.")
+
+
+def _ceiling(result: EvalResult) -> str:
+    """How much more the residual depths could give the pixel decoder (``evaluate.py``: ``psnr_unquantized``)."""
+    d, u = result.pixel_depth, result.psnr_unquantized or 0.0
+    return (f"- Pixel decoder reading more than it is trained on: prefix depth {len(result.psnr_all_depths)} "
+            f"{result.psnr_all_depths[-1]:.2f} dB, the unquantized latent {u:.2f} dB, against {result.psnr_by_depth[d - 1]:.2f} "
+            f"at depth {d}: the depths cannot give more than {u - result.psnr_by_depth[0]:.2f} dB over depth 1; "
+            "fidelity is bounded by the latent and the decoder, not by the quantizer.")
 
 
 def write_card(folder: Path, result: EvalResult, *, command: str, eval_command: str, notes: list[str]) -> None:
@@ -69,7 +90,9 @@ def write_card(folder: Path, result: EvalResult, *, command: str, eval_command: 
         f"- **Training**: {prov.get('steps')} steps, {prov.get('wall_minutes')} min wall time, "
         f"{prov.get('world_size')} process(es) on `{prov.get('device')}` (a 2-core CPU development machine; "
         "**not a GPU run**), torch " + str(prov.get("torch")) + f", git `{str(prov.get('git_commit'))[:12]}`.",
-        f"- **Recipe** (`evotok train --recipe`, `model/train/trainer.py` RECIPES): {_recipe(tcfg)}",
+        *(_stage1(prov["init_from"]) if prov.get("init_from") else []),
+        f"- **Recipe{' of stage 2' if prov.get('init_from') else ''}** (`evotok train --recipe`, "
+        f"`model/train/trainer.py` RECIPES): {_recipe(tcfg)}",
         *([_refit(prov["output_refit"])] if prov.get("output_refit") else []),
         "- **Data**: `data/split.json` (`evotok data`): real photos from the Debian packages "
         "plasma-workspace-wallpapers, mate-backgrounds, lomiri-wallpapers-20.04, opencv-doc and the "
@@ -98,6 +121,7 @@ def write_card(folder: Path, result: EvalResult, *, command: str, eval_command: 
         *([f"- Mean colour shift at depth {d} (reconstruction - original, /255): R {result.colour_shift_rgb[0]:+.2f}, "
            f"G {result.colour_shift_rgb[1]:+.2f}, B {result.colour_shift_rgb[2]:+.2f}.", ""]
           if result.colour_shift_rgb else []),
+        *([_ceiling(result), ""] if result.psnr_unquantized is not None and result.psnr_all_depths else []),
         "| depth | " + " | ".join(str(i) for i in range(1, len(result.usage_by_depth) + 1)) + " |",
         "|---|" + "---|" * len(result.usage_by_depth),
         "| semantic cosine (prefix) | " + _fmt(result.semantic_cos_by_depth, 3) + " |",

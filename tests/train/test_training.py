@@ -132,3 +132,60 @@ def test_resume_across_the_crop_switch_is_bit_exact(photo_dir: Path, tmp_path: P
     resumed.fit(resume=True, progress=False)
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_cell_colour_loss_sees_cell_means_only() -> None:
+    """Zero when every 16x16 cell keeps its mean colour (detail moved around inside it), positive for a shift."""
+    from evotok.model.train.losses import cell_colour_loss
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    ripple = torch.ones(16, 16)
+    ripple[::2] = -1  # zero mean over each cell
+    detail = x + 0.1 * ripple.repeat(2, 2)
+    assert float(cell_colour_loss(detail, x, 16)) < 1e-12
+    shifted = x.clone()
+    shifted[:, 0, :16, :16] += 0.2  # red up in one cell of four
+    assert float(cell_colour_loss(shifted, x, 16)) == pytest.approx(0.2**2 / 12, rel=1e-5)
+
+
+def test_colour_weight_enters_the_loss(photo_dir: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(photo_dir, tmp_path, 1, disc_start=1000, w_colour=2.0))
+    from evotok.model.train.data import CropSampler
+
+    trainer.sampler = CropSampler(sorted(photo_dir.rglob("*.png")), 32)
+    row = trainer.train_step(trainer.batch(0))
+    assert row["colour"] > 0
+    off = Trainer(_cfg(photo_dir, tmp_path / "off", 1, disc_start=1000))
+    off.sampler = trainer.sampler
+    assert off.train_step(off.batch(0))["colour"] == 0.0
+
+
+def test_fine_tuning_stage_starts_from_a_model_folder(photo_dir: Path, tmp_path: Path) -> None:
+    """init_from loads a folder's weights when the run has no checkpoint; a resumed run keeps its own; the
+    exported provenance names the folder's hash and its training; another preset's folder is refused."""
+    from evotok.model.checkpoint import load_model
+    from evotok.model.train.export_weights import export_from_trainer
+
+    first = Trainer(_cfg(photo_dir, tmp_path / "one", 2))
+    first.fit(resume=False, progress=False)
+    stage1 = tmp_path / "stage1"
+    digest = export_from_trainer(first, stage1)
+    second = Trainer(_cfg(photo_dir, tmp_path / "two", 0, init_from=str(stage1)))
+    second.fit(resume=True, progress=False)  # 0 steps: the weights are stage 1's exactly
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+    more = Trainer(_cfg(photo_dir, tmp_path / "two", 2, init_from=str(stage1)))
+    more.fit(resume=True, progress=False)
+    assert more.step == 2
+    export_from_trainer(more, tmp_path / "stage2")
+    _, loaded = load_model(tmp_path / "stage2")
+    init = loaded.card["provenance"]["init_from"]
+    assert init["hash"] == digest and init["steps"] == 2 and init["train_config"]["steps"] == 2
+    resumed = Trainer(_cfg(photo_dir, tmp_path / "two", 2, init_from=str(stage1)))
+    resumed.fit(resume=True, progress=False)  # checkpoint at step 2 wins over init_from
+    for key, value in more.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    other = Trainer(_cfg(photo_dir, tmp_path / "three", 1, init_from=str(stage1), preset="evotok-small"))
+    with pytest.raises(RuntimeError, match="differs"):
+        other.init_weights(stage1)
