@@ -14,6 +14,9 @@ Optional (off in the reference), for a CPU budget (``evotok-small``'s recipe, ab
   (the model is fully convolutional; the semantic ViT interpolates its position table on smaller grids);
 - a loss schedule: the perceptual term from ``perceptual_start``, the adversarial term from ``disc_start``;
 - ``lr_schedule="cosine"``: linear warm-up over ``warmup_steps``, then cosine decay to ``lr_min_ratio`` x lr.
+- a cell colour loss (``w_colour``, ``losses.cell_colour_loss``): the mean colour of every token cell;
+- a fine-tuning stage (``init_from``): a run with no checkpoint yet starts from a model folder's weights with
+  fresh optimisers (``make train-small``'s stage 2 starts from stage 1's folder).
 
 Resume is bit-for-bit: the checkpoint holds model, discriminator, both optimisers, the step, elapsed time and
 the torch RNG state; batches are a pure function of (seed, step, rank).
@@ -423,9 +426,11 @@ class Trainer:
                            "usage_min": float(usage.min()), "usage_mean": float(usage.mean())}
                     self.model.quantize.reset_usage()
                     if writer is None:
-                        new = not metrics_file.exists()
+                        new = not metrics_file.exists() or metrics_file.stat().st_size == 0
+                        # a run resumed across a code change keeps its file's columns (new ones are dropped)
+                        header = list(row) if new else metrics_file.read_text().splitlines()[0].split(",")
                         fh = metrics_file.open("a", newline="")
-                        writer = csv.DictWriter(fh, fieldnames=list(row))
+                        writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore", restval="")
                         if new:
                             writer.writeheader()
                     writer.writerow(row)

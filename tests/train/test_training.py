@@ -189,3 +189,17 @@ def test_fine_tuning_stage_starts_from_a_model_folder(photo_dir: Path, tmp_path:
     other = Trainer(_cfg(photo_dir, tmp_path / "three", 1, init_from=str(stage1), preset="evotok-small"))
     with pytest.raises(RuntimeError, match="differs"):
         other.init_weights(stage1)
+
+
+def test_resumed_run_keeps_its_metrics_columns(photo_dir: Path, tmp_path: Path) -> None:
+    """A metrics.csv written before a column was added stays one table when the run is resumed."""
+    Trainer(_cfg(photo_dir, tmp_path, 2, disc_start=1000)).fit(resume=False, progress=False)
+    path = tmp_path / "metrics.csv"
+    rows = path.read_text().splitlines()
+    old_header = [c for c in rows[0].split(",") if c != "colour"]
+    keep = [i for i, c in enumerate(rows[0].split(",")) if c != "colour"]
+    path.write_text("\n".join(",".join(r.split(",")[i] for i in keep) for r in rows) + "\n")
+    Trainer(_cfg(photo_dir, tmp_path, 4, disc_start=1000)).fit(resume=True, progress=False)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 5 and lines[0].split(",") == old_header
+    assert all(len(line.split(",")) == len(old_header) for line in lines)
