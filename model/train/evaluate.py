@@ -78,20 +78,17 @@ class EvalResult:
         }
 
 
-def _psnr_ssim(gt: npt.NDArray[np.uint8], rec: npt.NDArray[np.uint8]) -> tuple[float, float]:
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    a, b = gt.astype(np.float64) / 255.0, rec.astype(np.float64) / 255.0
-    return (
-        float(peak_signal_noise_ratio(a, b, data_range=1.0)),
-        float(structural_similarity(a, b, data_range=1.0, channel_axis=-1)),
-    )
-
-
 def _psnr(gt: npt.NDArray[np.uint8], rec: npt.NDArray[np.uint8]) -> float:
     from skimage.metrics import peak_signal_noise_ratio
 
     return float(peak_signal_noise_ratio(gt.astype(np.float64) / 255.0, rec.astype(np.float64) / 255.0, data_range=1.0))
+
+
+def _ssim(gt: npt.NDArray[np.uint8], rec: npt.NDArray[np.uint8]) -> float:
+    from skimage.metrics import structural_similarity
+
+    a, b = gt.astype(np.float64) / 255.0, rec.astype(np.float64) / 255.0
+    return float(structural_similarity(a, b, data_range=1.0, channel_axis=-1))
 
 
 def inception_path() -> Path | None:
@@ -143,7 +140,6 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
     cfg = model.cfg
     model.eval()
     pd, depth_total, k = cfg.pixel_depth, cfg.num_depths, cfg.codebook_size
-    psnr = np.zeros((pd, len(crops)))
     psnr_all = np.zeros((depth_total + 1, len(crops)))  # rows 0..D-1: prefix depth 1..D; row D: unquantized
     ssim = np.zeros((pd, len(crops)))
     sem = np.zeros((depth_total, len(crops)))
@@ -155,18 +151,17 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
         x = images_to_tensor(gt)
         latent = model.encode_latent(x)  # (B, h, w, C) unquantized
         codes = model.quantize(latent).codes  # (B, h, w, D)
-        for d in range(1, depth_total + 2):
-            z = latent if d > depth_total else model.codes_to_latent(codes[..., :d])
-            deep = tensor_to_images(model.decode_latent(z)).numpy()
-            for j in range(len(gt)):
-                psnr_all[d - 1, i + j] = _psnr(gt[j], deep[j])
         for d in range(depth_total):
             counts[d] += np.bincount(codes[..., d].reshape(-1).numpy(), minlength=k)
-        for d in range(1, pd + 1):
-            rec = tensor_to_images(model.decode(codes[..., :d])).numpy()
+        for d in range(1, depth_total + 2):  # each prefix decoded once; d = D + 1: the unquantized latent
+            z = latent if d > depth_total else model.codes_to_latent(codes[..., :d])
+            rec = tensor_to_images(model.decode_latent(z)).numpy()  # (B, H, W, 3) uint8, as model.decode
             for j in range(len(gt)):
-                psnr[d - 1, i + j], ssim[d - 1, i + j] = _psnr_ssim(gt[j], rec[j])
-            shift[d - 1, i : i + len(gt)] = rec.reshape(len(gt), -1, 3).mean(1) - gt.reshape(len(gt), -1, 3).mean(1)
+                psnr_all[d - 1, i + j] = _psnr(gt[j], rec[j])
+                if d <= pd:
+                    ssim[d - 1, i + j] = _ssim(gt[j], rec[j])
+            if d <= pd:
+                shift[d - 1, i : i + len(gt)] = rec.reshape(len(gt), -1, 3).mean(1) - gt.reshape(len(gt), -1, 3).mean(1)
             if d == pd:
                 recon_at_pd.append(rec)
         if teacher is not None:
@@ -182,7 +177,7 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
         weights_hash=weights_hash,
         num_crops=len(crops),
         pixel_depth=pd,
-        psnr_by_depth=psnr.mean(axis=1).tolist(),
+        psnr_by_depth=psnr_all[:pd].mean(axis=1).tolist(),
         ssim_by_depth=ssim.mean(axis=1).tolist(),
         usage_by_depth=((counts > 0).sum(axis=1) / k).tolist(),
         perplexity_by_depth=np.exp(entropy).tolist(),

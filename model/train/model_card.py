@@ -48,21 +48,21 @@ def _stage1(init: dict[str, Any]) -> list[str]:
     lines = [f"- **Stage 1** (weights `{str(init.get('hash'))[:12]}`, {init.get('steps')} steps, "
              f"{init.get('wall_minutes')} min wall time; the stage-2 time above comes on top): {_recipe(t)}"]
     if init.get("output_refit"):
-        lines.append(_refit(init["output_refit"]).replace("at export)", "at the stage-1 export)", 1))
+        lines.append(_refit(init["output_refit"], when="at the stage-1 export"))
     return lines
 
 
-def _refit(r: dict[str, Any]) -> str:
+def _refit(r: dict[str, Any], when: str = "at export") -> str:
     """The output-bias refit done at export (``model/train/refit.py``), from the provenance."""
     delta = ", ".join(f"{c} {v:+.2f}" for c, v in zip("RGB", r.get("bias_delta_rgb", []), strict=False))
-    return (f"- **Output bias refit** (`model/train/refit.py`, at export): least-squares colour offset over "
+    return (f"- **Output bias refit** (`model/train/refit.py`, {when}): least-squares colour offset over "
             f"{r.get('crops')} fixed crops of {r.get('photos')} training photos at every pixel depth; bias change "
             f"{delta} /255, training-crop MSE {r.get('mse_before', 0):.5f} -> {r.get('mse_after', 0):.5f}.")
 
 
 def _ceiling(result: EvalResult) -> str:
     """How much more the residual depths could give the pixel decoder (``evaluate.py``: ``psnr_unquantized``)."""
-    d, u = result.pixel_depth, result.psnr_unquantized or 0.0
+    d, u = result.pixel_depth, float(result.psnr_unquantized or 0.0)
     return (f"- Pixel decoder reading more than it is trained on: prefix depth {len(result.psnr_all_depths)} "
             f"{result.psnr_all_depths[-1]:.2f} dB, the unquantized latent {u:.2f} dB, against {result.psnr_by_depth[d - 1]:.2f} "
             f"at depth {d}: the depths cannot give more than {u - result.psnr_by_depth[0]:.2f} dB over depth 1; "

@@ -340,7 +340,7 @@ class Trainer:
             loss = (
                 t.w_mse * mse
                 + t.w_perceptual * perc
-                + (t.w_colour * colour if t.w_colour > 0 else 0.0)
+                + t.w_colour * colour
                 + (t.w_adv * adv if gan_on else 0.0)
                 + t.w_commit * quant.commit_loss
                 + t.w_semantic * (cos + fold)
