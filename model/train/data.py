@@ -4,7 +4,9 @@ Training: photos are decoded once (short side capped at ``max_side`` with a BOX 
 memory as uint8; each step draws crops from a generator seeded by (seed, step, rank), so a resumed run sees
 exactly the crops an uninterrupted run would (no sampler state to save). A crop is a random square of side
 ``s`` (log-uniform between ``crop`` and the short side), resized to ``crop`` (bicubic), random horizontal
-flip: the offline set has only ~50 scenes, so scale jitter is where diversity comes from.
+flip: the offline set has only ~50 scenes, so scale jitter is where diversity comes from. Optionally
+(``hue_jitter`` > 0) a crop's colours are rotated about the grey axis by a random angle: the scenes are mostly
+greens, browns and blues, and a decoder that never sees magenta shifts it toward them.
 
 Evaluation: ``held_out_crops`` returns fixed 256x256 crops of the held-out photos: the ADM center crop
 (short side to 256) plus a non-overlapping grid at short side 512 and 768. Same pixels every run.
@@ -60,8 +62,10 @@ class CropSampler:
         self.crop = crop
         self.min_side = min_scale_side or crop
 
-    def batch(self, batch_size: int, seed: int, crop: int | None = None) -> npt.NDArray[np.uint8]:
-        """``(B, crop, crop, 3)`` uint8, a pure function of ``(seed, crop)``; ``crop`` <= the sampler's crop."""
+    def batch(self, batch_size: int, seed: int, crop: int | None = None, hue_jitter: float = 0.0) -> npt.NDArray[np.uint8]:
+        """``(B, crop, crop, 3)`` uint8, a pure function of ``(seed, crop, hue_jitter)``; ``crop`` <= the
+        sampler's crop. ``hue_jitter``: probability that a crop's hue is rotated (``rotate_hue``) by a uniform
+        angle; at 0 no extra random numbers are drawn, so the crop stream is the same as without it."""
         crop = crop or self.crop
         if crop > self.crop:
             raise ValueError(f"crop {crop} > the sampler's largest crop {self.crop}")
@@ -81,8 +85,20 @@ class CropSampler:
             arr = np.asarray(patch)
             if rng.random() < 0.5:
                 arr = arr[:, ::-1]
+            if hue_jitter > 0 and rng.random() < hue_jitter:
+                arr = rotate_hue(arr, float(rng.uniform(-np.pi, np.pi)))
             out[i] = arr
         return out
+
+
+def rotate_hue(image: npt.NDArray[np.uint8], angle: float) -> npt.NDArray[np.uint8]:
+    """``(..., 3)`` uint8 -> the same shape, colours rotated by ``angle`` radians about the grey axis (R = G = B):
+    grey stays grey, each pixel keeps its channel mean (up to clipping to 0..255)."""
+    k = np.full(3, 1 / np.sqrt(3))
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    rot = np.cos(angle) * np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * np.outer(k, k)
+    out = image.astype(np.float32) @ rot.T.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def held_out_crops(paths: Sequence[Path], size: int = 256, grid_sides: Sequence[int] = (512, 768)) -> npt.NDArray[np.uint8]:

@@ -77,6 +77,7 @@ class TrainConfig:
     disc_start: int = 1500
     disc_ndf: int = 16
     w_colour: float = 0.0  # cell colour loss (losses.cell_colour_loss): mean colour per token cell
+    hue_jitter: float = 0.0  # probability that a training crop's hue is rotated (data.rotate_hue)
     w_commit: float = 1.0
     w_semantic: float = 1.0
     pixel_prefix_prob: float = 0.25
@@ -301,7 +302,7 @@ class Trainer:
     def batch(self, step: int) -> Tensor:
         seed = (self.tcfg.seed * 1_000_003 + step) * max(1, self.dist.world) + self.dist.rank
         crop, size = self.crop_and_batch(step)
-        return images_to_tensor(self.sampler.batch(size, seed, crop)).to(self.device)
+        return images_to_tensor(self.sampler.batch(size, seed, crop, self.tcfg.hue_jitter)).to(self.device)
 
     def pixel_depths(self, n: int, device: torch.device) -> Tensor:
         """``(n,)`` prefix depth (1..pixel_depth) each sample's pixel decoder reads this step."""

@@ -203,3 +203,29 @@ def test_resumed_run_keeps_its_metrics_columns(photo_dir: Path, tmp_path: Path) 
     lines = path.read_text().splitlines()
     assert len(lines) == 5 and lines[0].split(",") == old_header
     assert all(len(line.split(",")) == len(old_header) for line in lines)
+
+
+def test_rotate_hue_keeps_grey_and_channel_means() -> None:
+    from evotok.model.train.data import rotate_hue
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(90, 166, size=(8, 8, 3), dtype=np.uint8)  # near grey: no rotation leaves 0..255
+    assert np.array_equal(rotate_hue(img, 0.0), img)
+    assert np.array_equal(rotate_hue(img, 2 * np.pi / 3), img[..., [2, 0, 1]])  # a third of a turn: RGB -> BRG
+    turned = rotate_hue(img, 1.0).astype(int)
+    assert np.abs(turned.sum(-1) - img.astype(int).sum(-1)).max() <= 2  # the grey axis component stays (rounding)
+    assert not np.array_equal(turned, img)
+    grey = np.full((2, 2, 3), 77, np.uint8)
+    assert np.array_equal(rotate_hue(grey, 2.0), grey)
+
+
+def test_hue_jitter_is_deterministic_and_off_by_default(photo_dir: Path) -> None:
+    from evotok.model.train.data import CropSampler
+
+    sampler = CropSampler(sorted(photo_dir.rglob("*.png")), 32)
+    plain = sampler.batch(16, seed=5)
+    assert np.array_equal(sampler.batch(16, seed=5, hue_jitter=0.0), plain)  # no extra random draws at 0
+    jittered = sampler.batch(16, seed=5, hue_jitter=1.0)
+    assert np.array_equal(sampler.batch(16, seed=5, hue_jitter=1.0), jittered)
+    changed = [not np.array_equal(a, b) for a, b in zip(plain, jittered, strict=True)]
+    assert sum(changed) >= 12  # every crop rotated (a few angles land near 0 or a few crops are near grey)
