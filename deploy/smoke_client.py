@@ -1,13 +1,14 @@
 """Smoke client for a running EvoTok deployment: code agreement, round trip and throughput.
 
 Run by ``deploy/smoke.sh`` inside the API container (``docker compose exec -T api python - ARGS <
-deploy/smoke_client.py``), or from any machine with numpy, pillow and httpx::
+deploy/smoke_client.py``), or from any machine with the evotok package installed (numpy, pillow, httpx)::
 
     python deploy/smoke_client.py --url http://127.0.0.1:8000 --golden weights/evotok-small/golden.npz
 
 1. Encodes the golden images (``golden.npz``: ``images`` (N, H, W, 3) uint8, ``codes`` (N, h, w, D) uint16
    from the fp32 reference) through ``POST /encode`` and reports the fraction of identical codes, overall
-   and per depth.
+   and per depth, compared as the service's own self-test compares them (``evotok.export.golden.compare_codes``:
+   a position whose first difference is an fp32 near-tie of the reference is not counted from there on).
 2. Decodes those codes through ``POST /decode`` and reports the PSNR of each PNG against its input image.
 3. Optional ``--image`` photos: encode + decode, check the PNG.
 4. Sends ``--requests`` encode requests with ``--concurrency`` in flight and reports images/s and latency
@@ -32,6 +33,8 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+
+from evotok.export.golden import compare_codes
 
 
 @dataclass(frozen=True)
@@ -135,9 +138,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         codes = np.stack([encode(client, p) for p in pngs])
         if codes.shape != ref.shape:
             raise SystemExit(f"codes shape {codes.shape} != golden {ref.shape}")
-        same = codes == ref
-        report["code_agreement"] = float(same.mean())
-        report["code_agreement_by_depth"] = [round(float(x), 6) for x in same.mean(axis=(0, 1, 2))]
+        margins = np.asarray(golden["margins"], dtype=np.float32) if "margins" in golden.files else None
+        agreement = compare_codes(codes, ref, margins)
+        report["code_agreement"] = agreement.agreement
+        report["code_agreement_by_depth"] = [round(x, 6) for x in agreement.by_depth]
+        report["code_near_ties"] = agreement.near_ties
         recon = [decode(client, c) for c in codes]
         report["round_trip_psnr_db"] = [round(_psnr(r, im), 2) for r, im in zip(recon, images, strict=True)]
         photos = []

@@ -3,6 +3,9 @@
 Measured (``ParityReport``):
 
 - codes: fraction of identical indices per depth, overall, and the first (1-based) depth with a mismatch;
+  with the model folder given, compared as the golden self-test compares them (``golden.compare_codes`` with the
+  reference's margins: a position whose first difference is an fp32 near-tie is not counted from there on, and
+  ``code_near_ties`` says how many there were);
 - pixels: max-abs error and PSNR between the two backends' decodes of the *reference* codes (uint8 images),
   for the full pixel depth and for the depth-1 prefix (null-code padding path);
 - semantic features: cosine per token between the two backends' features of the reference codes (min, mean).
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from evotok.export.golden import GOLDEN_FILE, compare_codes, load_golden, sample_images
+from evotok.export.golden import GOLDEN_FILE, code_margins, compare_codes, load_golden, sample_images
 from evotok.export.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class ParityReport:
     code_agreement: float
     code_agreement_by_depth: list[float]
     first_mismatch_depth: int | None
+    code_near_ties: int
     pixel_max_abs: int
     pixel_psnr_db: float
     prefix1_pixel_max_abs: int
@@ -94,11 +98,14 @@ def cosine(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArra
 
 
 def compare_runtimes(
-    reference: Runtime, candidate: Runtime, images: npt.NDArray[np.uint8], limits: ParityLimits | None = None
+    reference: Runtime, candidate: Runtime, images: npt.NDArray[np.uint8], limits: ParityLimits | None = None,
+    weights_dir: Path | None = None,
 ) -> ParityReport:
+    """``reference`` must be the fp32 torch model of ``weights_dir`` when that is given (its margins are used)."""
     lim = limits or ParityLimits()
     ref_codes = reference.encode(images)
-    agreement = compare_codes(candidate.encode(images), ref_codes)
+    margins = code_margins(weights_dir, images, ref_codes) if weights_dir is not None else None
+    agreement = compare_codes(candidate.encode(images), ref_codes, margins)
     ref_img, cand_img = reference.decode(ref_codes), candidate.decode(ref_codes)
     pix = int(np.abs(ref_img.astype(np.int16) - cand_img.astype(np.int16)).max())
     pre = ref_codes[..., :1]
@@ -109,7 +116,7 @@ def compare_runtimes(
     return ParityReport(
         backend=candidate.info.backend, providers=list(candidate.info.providers), num_images=len(images),
         code_agreement=agreement.agreement, code_agreement_by_depth=list(agreement.by_depth),
-        first_mismatch_depth=agreement.first_mismatch_depth, pixel_max_abs=pix,
+        first_mismatch_depth=agreement.first_mismatch_depth, code_near_ties=agreement.near_ties, pixel_max_abs=pix,
         pixel_psnr_db=round(psnr(ref_img, cand_img), 3), prefix1_pixel_max_abs=pre_pix,
         semantic_cosine_min=float(cos.min()), semantic_cosine_mean=float(cos.mean()),
         limits=asdict(lim), passed=passed,
@@ -126,7 +133,7 @@ def check_export(weights_dir: Path | str, export_dir: Path | str, *, threads: in
     wdir = Path(weights_dir)
     ref = TorchRuntime(wdir, device="cpu", precision="fp32", threads=threads)
     cand = OrtRuntime(wdir, providers=("cpu",), export_dir=export_dir, threads=threads)
-    report = compare_runtimes(ref, cand, parity_images(wdir, ref.info.image_size), limits)
+    report = compare_runtimes(ref, cand, parity_images(wdir, ref.info.image_size), limits, weights_dir=wdir)
     if record:
         manifest = read_manifest(export_dir)
         manifest.parity = {"onnxruntime-cpu": report.to_dict()}

@@ -28,10 +28,12 @@ def _recipe(t: dict[str, Any]) -> str:
     if t.get("lr_schedule") == "cosine":
         lr += f", {t.get('warmup_steps')} warm-up steps then cosine to {t.get('lr_min_ratio')} x lr"
     perc = f"EfficientNet feature distance (LPIPS-style, *not* LPIPS) x{t.get('w_perceptual')}"
-    if t.get("w_colour"):
-        perc += f", cell colour MSE (16x16 cell means) x{t.get('w_colour')}"
     if t.get("perceptual_start"):
         perc += f" from step {t.get('perceptual_start')}"
+    if t.get("w_colour"):
+        perc += f", cell colour MSE (16x16 cell means) x{t.get('w_colour')}"
+    if t.get("hue_jitter"):
+        crops += f", {t.get('hue_jitter'):.0%} of them hue-rotated by a random angle"
     adv = (f"PatchGAN hinge x{t.get('w_adv')} from step {t.get('disc_start')}" if t.get("w_adv")
            else "no adversarial term")
     depth = ("every prefix depth 1..pixel depth an equal share of each batch (stratified)"

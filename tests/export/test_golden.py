@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evotok.export.golden import compare_codes, load_golden, run_self_test, write_golden
+from evotok.export.golden import TIE_TOLERANCE, compare_codes, load_golden, run_self_test, write_golden
 from evotok.export.ort_runtime import OrtRuntime
 from evotok.export.torch_runtime import TorchRuntime
 from tests.export.conftest import make_weights
@@ -77,3 +77,29 @@ def test_shipped_golden_self_test_onnxruntime(tmp_path: Path) -> None:
     rt = OrtRuntime(default_weights_dir(), cache_dir=tmp_path, threads=2)
     result = rt.self_test()
     assert result.passed and result.agreement == 1.0, result
+
+
+def test_golden_margins_are_the_reference_gaps(golden_dir: Path) -> None:
+    g = load_golden(golden_dir / "golden.npz")
+    assert g.margins is not None and g.margins.shape == g.codes.shape and g.margins.dtype == np.float32
+    assert (g.margins >= 0).all() and np.median(g.margins) > 10 * TIE_TOLERANCE
+
+
+def test_near_ties_are_not_counted_and_other_differences_are() -> None:
+    """A position whose first differing depth is an fp32 near-tie of the reference is excused from that depth
+    on (the deeper codes follow from the choice); a difference where the reference was decided still fails."""
+    ref = np.zeros((1, 2, 2, 4), np.uint16)
+    margins = np.full(ref.shape, 0.5, np.float32)
+    margins[0, 0, 0, 1] = TIE_TOLERANCE / 10  # the two nearest codes at depth 2 of position (0, 0) are a tie
+    codes = ref.copy()
+    codes[0, 0, 0, 1:] = 7  # the other code of the tie, and every deeper code with it
+    tie = compare_codes(codes, ref, margins)
+    assert tie.agreement == 1.0 and tie.mismatches == 0 and tie.near_ties == 1 and tie.first_mismatch_depth is None
+    exact = compare_codes(codes, ref)  # without margins: exact
+    assert exact.mismatches == 3 and exact.first_mismatch_depth == 2
+    codes[0, 1, 1, 2] = 3  # a decided code differs elsewhere
+    both = compare_codes(codes, ref, margins)
+    assert both.mismatches == 1 and both.near_ties == 1 and both.first_mismatch_depth == 3 and both.agreement < 1
+    codes = ref.copy()
+    codes[0, 0, 0, 0] = 7  # depth 1 at the same position is decided (margin 0.5): counted
+    assert compare_codes(codes, ref, margins).mismatches == 1
