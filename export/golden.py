@@ -92,30 +92,18 @@ def compare_codes(codes: npt.NDArray[Any], reference: npt.NDArray[Any], margins:
     return CodeAgreement(agreement, by_depth, bad[0] if bad else None, int((~same & counted).sum()), near_ties)
 
 
-def code_margins(folder: Path, images: npt.NDArray[np.uint8], codes: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    """``(N, h, w, D)`` float32: at each depth, the second-nearest minus the nearest code's distance for the
-    residual ``r`` left by the reference ``codes`` (fp32 torch on CPU, the expression ``VQCodebook.nearest``
-    uses), relative to the size of the terms summed (``||e||^2 + 2 ||r|| ||e||`` of the nearest code ``e``):
-    fp32 rounding moves a distance by about 1e-7 of that, whatever the latent's scale."""
+def code_margins(model: Any, images: npt.NDArray[np.uint8], codes: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """``(N, h, w, D)`` float32 relative margin of each reference code over the runner-up
+    (``ResidualQuantizer.code_margins``), from the fp32 torch ``model`` (an ``EvoTok``) that chose ``codes``."""
     import torch
 
-    from evotok.model.checkpoint import load_model
     from evotok.model.evotok import images_to_tensor
 
-    model, _ = load_model(folder)
-    model.eval()
-    out = np.zeros(codes.shape, np.float32)
+    device = next(model.parameters()).device
     with torch.no_grad():
-        r = model.encode_latent(images_to_tensor(images)).float().reshape(-1, model.cfg.latent_dim)  # (N*h*w, C)
-        idx = torch.as_tensor(codes.reshape(-1, codes.shape[-1]).astype(np.int64))
-        for d, book in enumerate(model.quantize.codebooks[: codes.shape[-1]]):
-            e = book.codes.float()
-            dists = (e * e).sum(dim=1).unsqueeze(0) - 2.0 * (r @ e.t())  # (N*h*w, K)
-            two = torch.topk(dists, 2, dim=1, largest=False).values
-            best = e[idx[:, d]]  # (N*h*w, C) the reference's code
-            scale = (best * best).sum(dim=1) + 2.0 * r.norm(dim=1) * best.norm(dim=1)  # size of the summed terms
-            out.reshape(-1, codes.shape[-1])[:, d] = ((two[:, 1] - two[:, 0]) / scale.clamp_min(1e-30)).numpy()
-            r = r - best
+        latent = model.encode_latent(images_to_tensor(images).to(device))  # (N, h, w, C)
+        margins = model.quantize.code_margins(latent, torch.as_tensor(codes.astype(np.int64), device=device))
+    out: npt.NDArray[np.float32] = margins.cpu().numpy().astype(np.float32)
     return out
 
 
@@ -146,7 +134,7 @@ def write_golden(weights_dir: Path | str, images: npt.NDArray[np.uint8] | None =
     else:
         names = tuple(f"image{i}" for i in range(len(images)))
     codes = rt.encode(images)
-    margins = code_margins(folder, images, codes)
+    margins = code_margins(rt.model, images, codes)
     path = folder / GOLDEN_FILE
     tmp = folder / (GOLDEN_FILE + ".tmp.npz")
     np.savez_compressed(tmp, images=images, codes=codes, margins=margins, names=np.array(names),

@@ -3,7 +3,7 @@
 Measured (``ParityReport``):
 
 - codes: fraction of identical indices per depth, overall, and the first (1-based) depth with a mismatch;
-  with the model folder given, compared as the golden self-test compares them (``golden.compare_codes`` with the
+  with the reference's torch model given, compared as the golden self-test compares them (``golden.compare_codes`` with the
   reference's margins: a position whose first difference is an fp32 near-tie is not counted from there on, and
   ``code_near_ties`` says how many there were);
 - pixels: max-abs error and PSNR between the two backends' decodes of the *reference* codes (uint8 images),
@@ -99,12 +99,13 @@ def cosine(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArra
 
 def compare_runtimes(
     reference: Runtime, candidate: Runtime, images: npt.NDArray[np.uint8], limits: ParityLimits | None = None,
-    weights_dir: Path | None = None,
+    reference_model: Any = None,
 ) -> ParityReport:
-    """``reference`` must be the fp32 torch model of ``weights_dir`` when that is given (its margins are used)."""
+    """``reference_model``: the fp32 torch model (``EvoTok``) that ``reference`` runs, when it is one; its
+    margins let an fp32 near-tie differ (``golden.compare_codes``)."""
     lim = limits or ParityLimits()
     ref_codes = reference.encode(images)
-    margins = code_margins(weights_dir, images, ref_codes) if weights_dir is not None else None
+    margins = code_margins(reference_model, images, ref_codes) if reference_model is not None else None
     agreement = compare_codes(candidate.encode(images), ref_codes, margins)
     ref_img, cand_img = reference.decode(ref_codes), candidate.decode(ref_codes)
     pix = int(np.abs(ref_img.astype(np.int16) - cand_img.astype(np.int16)).max())
@@ -133,7 +134,7 @@ def check_export(weights_dir: Path | str, export_dir: Path | str, *, threads: in
     wdir = Path(weights_dir)
     ref = TorchRuntime(wdir, device="cpu", precision="fp32", threads=threads)
     cand = OrtRuntime(wdir, providers=("cpu",), export_dir=export_dir, threads=threads)
-    report = compare_runtimes(ref, cand, parity_images(wdir, ref.info.image_size), limits, weights_dir=wdir)
+    report = compare_runtimes(ref, cand, parity_images(wdir, ref.info.image_size), limits, reference_model=ref.model)
     if record:
         manifest = read_manifest(export_dir)
         manifest.parity = {"onnxruntime-cpu": report.to_dict()}

@@ -56,14 +56,26 @@ class VQCodebook(nn.Module):
         ``argmin ||r - e||^2 = argmin (||e||^2 - 2 r.e)``: the constant ``||r||^2`` is dropped. The exported
         quantizer graph uses exactly this expression so ONNX Runtime reproduces the same indices.
         """
+        out = [dists.argmin(dim=1) for dists in self._distances(r)]
+        return torch.cat(out) if out else r.new_zeros((0,), dtype=torch.long)
+
+    def _distances(self, r: Tensor) -> list[Tensor]:
+        """``(N, C)`` fp32 residuals -> ``(n, K)`` chunks of ``||e||^2 - 2 r.e`` (rows bounded in memory)."""
         e = self.codes.float()
         e_sq = (e * e).sum(dim=1)  # (K,)
         rows = max(1, _CHUNK_ELEMENTS // self.size)
-        out = []
-        for chunk in r.split(rows):
-            dists = e_sq.unsqueeze(0) - 2.0 * (chunk @ e.t())  # (n, K)
-            out.append(dists.argmin(dim=1))
-        return torch.cat(out) if out else r.new_zeros((0,), dtype=torch.long)
+        return [e_sq.unsqueeze(0) - 2.0 * (chunk @ e.t()) for chunk in r.split(rows)]
+
+    def margin(self, r: Tensor, idx: Tensor) -> Tensor:
+        """``(N, C)`` fp32 residuals and their nearest codes ``(N,)`` -> ``(N,)`` the second-nearest minus the
+        nearest distance, relative to the size of the terms summed for the nearest code ``e``
+        (``||e||^2 + 2 ||r|| ||e||``): fp32 rounding moves a distance by about 1e-7 of that, so a margin near
+        that size is a tie that another backend's summation order may break either way."""
+        gaps = [d.topk(2, dim=1, largest=False).values for d in self._distances(r)]
+        gap = torch.cat([g[:, 1] - g[:, 0] for g in gaps]) if gaps else r.new_zeros((0,))
+        best = self.codes.float()[idx]
+        scale = (best * best).sum(dim=1) + 2.0 * r.norm(dim=1) * best.norm(dim=1)
+        return gap / scale.clamp_min(1e-30)
 
     @torch.no_grad()
     def ema_update(self, r: Tensor, idx: Tensor, cfg: QuantizerConfig) -> None:
@@ -167,6 +179,20 @@ class ResidualQuantizer(nn.Module):
         xf = latent.float()
         commit = torch.stack([((xf - q.detach()) ** 2).mean() for q in cum]).mean()
         return QuantizerOutput(codes=codes_t, cumulative=cum, commit_loss=commit)
+
+    @torch.no_grad()
+    def code_margins(self, latent: Tensor, codes: Tensor) -> Tensor:
+        """``(B, h, w, C)`` latent and its ``(B, h, w, d)`` codes -> ``(B, h, w, d)`` fp32 relative margin of each
+        code over the runner-up for the residual it was chosen for (``VQCodebook.margin``); no codebook update."""
+        b, h, w, d = codes.shape
+        residual = latent.detach().float().reshape(-1, latent.shape[-1])
+        idx = codes.reshape(-1, d).long()
+        out = []
+        for i in range(d):
+            book = self.codebooks[i]
+            out.append(book.margin(residual, idx[:, i]))
+            residual = residual - book.weight[idx[:, i]]
+        return torch.stack(out, dim=-1).reshape(b, h, w, d)
 
     def codes_to_latent(self, codes: Tensor) -> Tensor:
         """``(B, h, w, d)`` int codes (any prefix depth ``d <= D``; null code allowed) -> ``(B, h, w, C)``."""

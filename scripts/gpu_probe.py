@@ -1,9 +1,11 @@
 """Where does held-out PSNR go with more compute than 2 CPU cores have? A scaling probe for one GPU.
 
 Trains several ``evotok-small`` variants side by side on one CUDA device, each in its own process for a fixed
-wall time, and evaluates each on the held-out crops every ``--eval-every`` steps: PSNR at prefix depth 1..4, the
-unquantized latent's PSNR (the pixel decoder's ceiling), the colour error at depth 4 and the semantic cosine at
-depth 16, all computed as ``evotok eval`` computes them (same crops, uint8 reconstructions, fp32). One JSON line
+wall time, and evaluates each on the held-out crops every ``--eval-every`` steps with ``evotok eval``'s ``evaluate`` (same
+crops, uint8 reconstructions, fp32; no FID): PSNR at prefix depth 1..4, the unquantized latent's PSNR (the
+pixel decoder's ceiling), the colour error at depth 4 and the semantic cosine at depth 16. (The rows in
+``docs/eval/gpu-probe/`` came from a copy of those formulas run on the GPU before the probe called
+``evaluate`` itself.) One JSON line
 per evaluation goes to ``OUT/probe.jsonl``; ``OUT/probe.md`` holds the table (``docs/eval/ablation.md``).
 
 The objective is the shipped stage 2's (MSE + perceptual x0.1 + cell colour x50 + semantic + commitment,
@@ -63,41 +65,18 @@ def model_config(name: str) -> Any:
     return cfg
 
 
-def evaluate_gpu(trainer: Any, crops: Any) -> dict[str, float]:
-    """The ``evotok eval`` formulas on the trainer's device: PSNR@1..pd, unquantized, colour@pd, cos@16."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
+def evaluate_row(trainer: Any, crops: Any) -> dict[str, float]:
+    """``evotok eval``'s own ``evaluate`` on the trainer's device (no FID): PSNR@1..pd, unquantized, colour@pd,
+    semantic cosine at the last depth."""
+    from evotok.model.train.evaluate import evaluate
 
-    from evotok.model.evotok import images_to_tensor, tensor_to_images
-
-    model, pd = trainer.model, trainer.cfg.pixel_depth
-    model.eval()
-    psnr = np.zeros((pd + 1, len(crops)))
-    shift = np.zeros((len(crops), 3))
-    cos = np.zeros(len(crops))
-    with torch.no_grad():
-        for i in range(0, len(crops), 26):
-            gt = crops[i : i + 26]
-            x = images_to_tensor(gt).to(trainer.device)
-            latent = model.encode_latent(x)
-            codes = model.quantize(latent).codes
-            for d in range(1, pd + 2):
-                z = latent if d > pd else model.codes_to_latent(codes[..., :d])
-                rec = tensor_to_images(model.decode_latent(z)).cpu().numpy().astype(np.float64)
-                g = gt.astype(np.float64)
-                mse = ((rec - g) ** 2).reshape(len(gt), -1).mean(1)
-                psnr[d - 1, i : i + len(gt)] = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
-                if d == pd:
-                    shift[i : i + len(gt)] = rec.reshape(len(gt), -1, 3).mean(1) - g.reshape(len(gt), -1, 3).mean(1)
-            feats = model.decode_semantic(codes).float()
-            target = trainer.teacher(x).float()
-            cos[i : i + len(gt)] = F.cosine_similarity(feats, target, dim=-1).mean(dim=1).cpu().numpy()
-    model.train()
-    out = {f"psnr@{d}": round(float(psnr[d - 1].mean()), 3) for d in range(1, pd + 1)}
-    out["psnr_unquantized"] = round(float(psnr[pd].mean()), 3)
-    out["colour@4"] = round(float(np.abs(shift).mean()), 3)
-    out["sem_cos@16"] = round(float(cos.mean()), 4)
+    result = evaluate(trainer.model, "", crops, trainer.teacher, fid=False, batch=26)
+    trainer.model.train()
+    pd = result.pixel_depth
+    out = {f"psnr@{d}": round(v, 3) for d, v in enumerate(result.psnr_by_depth, start=1)}
+    out["psnr_unquantized"] = round(float(result.psnr_unquantized or 0.0), 3)
+    out[f"colour@{pd}"] = round(result.colour_error_by_depth[pd - 1], 3)
+    out[f"sem_cos@{len(result.semantic_cos_by_depth)}"] = round(result.semantic_cos_by_depth[-1], 4)
     return out
 
 
@@ -142,7 +121,7 @@ def run_variant(name: str, args: argparse.Namespace, results: Any) -> None:
         out_of_time = minutes >= args.minutes
         if step % args.eval_every == 0 or out_of_time:
             row = {"variant": name, "step": step, "images": step * tcfg.batch_size, "minutes": round(minutes, 2),
-                   "lr": trainer.lr_at(step), "loss": round(last["loss"], 4), **evaluate_gpu(trainer, crops)}
+                   "lr": trainer.lr_at(step), "loss": round(last["loss"], 4), **evaluate_row(trainer, crops)}
             results.put(row)
         if out_of_time or not math.isfinite(last["loss"]):
             break

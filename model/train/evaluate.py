@@ -139,6 +139,7 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
              batch: int = 8) -> EvalResult:
     cfg = model.cfg
     model.eval()
+    device = next(model.parameters()).device  # CPU for `evotok eval`; the GPU probe passes a CUDA model
     pd, depth_total, k = cfg.pixel_depth, cfg.num_depths, cfg.codebook_size
     psnr_all = np.zeros((depth_total + 1, len(crops)))  # rows 0..D-1: prefix depth 1..D; row D: unquantized
     ssim = np.zeros((pd, len(crops)))
@@ -148,14 +149,14 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
     recon_at_pd: list[npt.NDArray[np.uint8]] = []
     for i in range(0, len(crops), batch):
         gt = crops[i : i + batch]
-        x = images_to_tensor(gt)
+        x = images_to_tensor(gt).to(device)
         latent = model.encode_latent(x)  # (B, h, w, C) unquantized
         codes = model.quantize(latent).codes  # (B, h, w, D)
         for d in range(depth_total):
-            counts[d] += np.bincount(codes[..., d].reshape(-1).numpy(), minlength=k)
+            counts[d] += np.bincount(codes[..., d].reshape(-1).cpu().numpy(), minlength=k)
         for d in range(1, depth_total + 2):  # each prefix decoded once; d = D + 1: the unquantized latent
             z = latent if d > depth_total else model.codes_to_latent(codes[..., :d])
-            rec = tensor_to_images(model.decode_latent(z)).numpy()  # (B, H, W, 3) uint8, as model.decode
+            rec = tensor_to_images(model.decode_latent(z)).cpu().numpy()  # (B, H, W, 3) uint8, as model.decode
             for j in range(len(gt)):
                 psnr_all[d - 1, i + j] = _psnr(gt[j], rec[j])
                 if d <= pd:
@@ -168,7 +169,7 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
             target = teacher(x).float()
             for d in range(1, depth_total + 1):
                 feats = model.decode_semantic(codes[..., :d]).float()
-                sem[d - 1, i : i + len(gt)] = F.cosine_similarity(feats, target, dim=-1).mean(dim=1).numpy()
+                sem[d - 1, i : i + len(gt)] = F.cosine_similarity(feats, target, dim=-1).mean(dim=1).cpu().numpy()
     probs = counts / counts.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -(np.where(probs > 0, probs * np.log(probs), 0.0)).sum(axis=1)

@@ -229,3 +229,14 @@ def test_hue_jitter_is_deterministic_and_off_by_default(photo_dir: Path) -> None
     assert np.array_equal(sampler.batch(16, seed=5, hue_jitter=1.0), jittered)
     changed = [not np.array_equal(a, b) for a, b in zip(plain, jittered, strict=True)]
     assert sum(changed) >= 12  # every crop rotated (a few angles land near 0 or a few crops are near grey)
+
+
+def test_card_reproduce_command_is_what_make_train_small_runs() -> None:
+    """The model card's command (``TRAIN_SMALL_COMMAND``) and the Makefile's ``train-small`` are two copies of
+    one recipe: they must not drift apart."""
+    from evotok.model.train.cli import TRAIN_SMALL_COMMAND
+
+    lines = (Path(__file__).parents[2] / "Makefile").read_text().split("\ntrain-small:", 1)[1].split("\n\n", 1)[0]
+    steps = [ln.strip().replace("$(BIN)/", "") for ln in lines.splitlines() if ln.strip().startswith("$(BIN)/evotok")]
+    trained = [s for s in steps if not s.startswith("evotok eval")]  # the card gives the eval command apart
+    assert " && ".join(["evotok data", *trained]) == TRAIN_SMALL_COMMAND
