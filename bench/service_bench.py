@@ -70,15 +70,16 @@ class Level:
 
 # --- the server subprocesses ------------------------------------------------------------------------------------
 def _serve(argv: list[str]) -> int:
-    """The in-process server: ``create_app`` over the configured runtime or a FakeRuntime."""
+    """The in-process server: ``create_app`` over the configured runtime or a FakeRuntime, run by
+    ``run_uvicorn`` with the settings' options, as ``evotok serve`` runs it (same HTTP protocol class,
+    connection limit and keep-alive), so the benchmark measures the served stack."""
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--fake", action="store_true")
     p.add_argument("--fake-cost-ms", default="")
     args = p.parse_args(argv)
-    import uvicorn
-
     from evotok.service.app import create_app
+    from evotok.service.cli import run_uvicorn
     from evotok.service.settings import Settings
 
     factory = None
@@ -87,8 +88,8 @@ def _serve(argv: list[str]) -> int:
 
         cost = parse_cost_ms(args.fake_cost_ms)
         factory = lambda: FakeRuntime(cost_ms=cost)  # noqa: E731
-    uvicorn.run(create_app(Settings(), runtime_factory=factory), host="127.0.0.1", port=args.port,
-                log_level="warning")
+    settings = Settings(host="127.0.0.1", port=args.port)
+    run_uvicorn(create_app(settings, runtime_factory=factory), settings)
     return 0
 
 
