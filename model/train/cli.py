@@ -143,13 +143,19 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/eval"))
     p.add_argument("--no-fid", action="store_true", help="skip the Inception crop-FID/KID")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N crops (0 = all)")
+    p.add_argument("--photos", choices=["held_out", "train"], default="held_out",
+                   help="the split's photos to crop: held_out (default, the card's numbers) or train (the same "
+                        "crop rule on the training photos, to compare)")
     p.add_argument("--write-card", action="store_true",
                    help="write the results into the model folder (config.json metrics + MODEL_CARD.md)")
     args = p.parse_args(argv)
+    if args.write_card and args.photos != "held_out":
+        p.error("--write-card writes held-out numbers only; drop --photos train")
     _setup_logging()
     from evotok.model.train.evaluate import evaluate_folder
 
-    result = evaluate_folder(args.weights, args.split, args.out, fid=not args.no_fid, limit=args.limit)
+    result = evaluate_folder(args.weights, args.split, args.out, fid=not args.no_fid, limit=args.limit,
+                             photos=args.photos)
     if args.write_card:
         from evotok.model.train.model_card import write_card
         from evotok.paths import default_weights_dir

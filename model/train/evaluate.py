@@ -29,7 +29,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -237,7 +237,11 @@ def plot_evolution(result: EvalResult, path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_folder(weights: Path | None, split: Path, out: Path, fid: bool = True, limit: int = 0) -> EvalResult:
+def evaluate_folder(weights: Path | None, split: Path, out: Path, fid: bool = True, limit: int = 0,
+                    photos: Literal["held_out", "train"] = "held_out") -> EvalResult:
+    """``evaluate`` on the fixed crops of the split's ``photos``: ``held_out`` (the model card's numbers) or
+    ``train`` (the same crop rule on the training photos, to tell what the photos' content makes hard from
+    what the model does not generalise: docs/eval/ablation.md)."""
     from evotok.model.train.data import held_out_crops
     from evotok.model.train.photos import load_split
     from evotok.model.train.trainer import build_teacher
@@ -245,14 +249,14 @@ def evaluate_folder(weights: Path | None, split: Path, out: Path, fid: bool = Tr
 
     folder = weights or default_weights_dir()
     model, loaded = load_model(folder)
-    held_out = load_split(split).held_out if split.exists() else []
-    if not split.exists() or not all(p.exists() for p in held_out):
+    chosen = getattr(load_split(split), photos) if split.exists() else []
+    if not split.exists() or not all(p.exists() for p in chosen):
         from evotok.model.train.photos import prepare
 
-        log.info("held-out photos missing: installing the offline photo set first (evotok data)")
+        log.info("photos missing: installing the offline photo set first (evotok data)")
         split = prepare(split.parent)
-        held_out = load_split(split).held_out
-    crops = held_out_crops(held_out, model.cfg.image_size)
+        chosen = getattr(load_split(split), photos)
+    crops = held_out_crops(chosen, model.cfg.image_size)
     if limit:
         crops = crops[:limit]
     teacher = build_teacher(model.cfg) if model.cfg.teacher == "efficientnet-lite0" else None

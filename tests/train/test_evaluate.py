@@ -103,3 +103,29 @@ def test_decoder_ceiling_beyond_the_pixel_depth() -> None:
         model.post_quant_conv.weight.zero_()
     flat = evaluate(model, "x", crops, None, fid=False, batch=2)
     assert flat.psnr_all_depths == pytest.approx([flat.psnr_unquantized] * depths, abs=1e-9)
+
+
+def test_eval_cli_crops_the_photos_asked_for(tiny_weights: Path, tmp_path: Path) -> None:
+    """``evotok eval --photos train`` crops the split's training photos with the held-out crop rule; the card
+    is written from held-out photos only."""
+    from PIL import Image
+
+    from evotok.model.train.cli import eval_main
+
+    rng = np.random.default_rng(1)
+    entries: dict[str, list[dict[str, str]]] = {"train": [], "held_out": []}
+    for kind, n in (("train", 3), ("held_out", 1)):
+        for i in range(n):
+            path = tmp_path / "photos" / f"{kind}{i}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(path)
+            entries[kind].append({"path": str(path.relative_to(tmp_path)), "sha256": "-"})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps(entries))
+    for photos, crops in (("train", 3), ("held_out", 1)):
+        out = tmp_path / f"eval-{photos}"
+        assert eval_main(["--weights", str(tiny_weights), "--split", str(split), "--out", str(out), "--no-fid",
+                          "--photos", photos]) == 0
+        assert json.loads((out / "eval.json").read_text())["num_crops"] == crops
+    with pytest.raises(SystemExit):
+        eval_main(["--weights", str(tiny_weights), "--split", str(split), "--photos", "train", "--write-card"])
