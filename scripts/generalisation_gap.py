@@ -24,10 +24,10 @@ from PIL import Image
 
 
 def psnr(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
-    """``(N,)`` PSNR in dB of ``(N, H, W, 3)`` uint8 pairs."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
-    out: npt.NDArray[np.float64] = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
-    return out
+    """``(N,)`` PSNR in dB of ``(N, H, W, 3)`` uint8 pairs (``evotok eval``'s per-image PSNR)."""
+    from evotok.model.train.evaluate import psnr as image_psnr
+
+    return np.array([image_psnr(x, y) for x, y in zip(a, b, strict=True)])
 
 
 def thumbnail_psnr(crops: npt.NDArray[np.uint8], side: int = 16) -> npt.NDArray[np.float64]:

@@ -37,11 +37,6 @@ CODECS: dict[str, tuple[str, list[int], dict[str, Any]]] = {
 }
 
 
-def psnr(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
-
-
 def encoded(img: npt.NDArray[np.uint8], fmt: str, quality: int, options: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format=fmt, quality=quality, **options)
@@ -51,6 +46,8 @@ def encoded(img: npt.NDArray[np.uint8], fmt: str, quality: int, options: dict[st
 def codec_curve(crops: npt.NDArray[np.uint8], fmt: str, qualities: list[int],
                 options: dict[str, Any]) -> list[dict[str, float]]:
     """``[{quality, bpp, bpp_file, psnr}]``: bpp without the flat-image overhead, bpp_file the whole file."""
+    from evotok.model.train.evaluate import psnr
+
     flat = np.full((16, 16, 3), 128, np.uint8)
     points = []
     for q in qualities:

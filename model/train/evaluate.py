@@ -78,7 +78,8 @@ class EvalResult:
         }
 
 
-def _psnr(gt: npt.NDArray[np.uint8], rec: npt.NDArray[np.uint8]) -> float:
+def psnr(gt: npt.NDArray[np.uint8], rec: npt.NDArray[np.uint8]) -> float:
+    """PSNR in dB of two uint8 images (data range 255), as every `evotok eval` figure reports it."""
     from skimage.metrics import peak_signal_noise_ratio
 
     return float(peak_signal_noise_ratio(gt.astype(np.float64) / 255.0, rec.astype(np.float64) / 255.0, data_range=1.0))
@@ -158,7 +159,7 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
             z = latent if d > depth_total else model.codes_to_latent(codes[..., :d])
             rec = tensor_to_images(model.decode_latent(z)).cpu().numpy()  # (B, H, W, 3) uint8, as model.decode
             for j in range(len(gt)):
-                psnr_all[d - 1, i + j] = _psnr(gt[j], rec[j])
+                psnr_all[d - 1, i + j] = psnr(gt[j], rec[j])
                 if d <= pd:
                     ssim[d - 1, i + j] = _ssim(gt[j], rec[j])
             if d <= pd:
