@@ -137,7 +137,7 @@ def kernel_inception_distance(a: npt.NDArray[np.float64], b: npt.NDArray[np.floa
 
 @torch.no_grad()
 def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teacher: Any | None, fid: bool = True,
-             batch: int = 8) -> EvalResult:
+             batch: int = 8, crop_set: str = "held-out") -> EvalResult:
     cfg = model.cfg
     model.eval()
     device = next(model.parameters()).device  # CPU for `evotok eval`; the GPU probe passes a CUDA model
@@ -201,12 +201,12 @@ def evaluate(model: Any, weights_hash: str, crops: npt.NDArray[np.uint8], teache
         result.crop_fid = frechet_distance(real, fake)
         result.crop_kid = kernel_inception_distance(real, fake)
         result.notes.append(
-            f"crop FID/KID over {len(crops)} held-out 256x256 crops at depth {pd}: not comparable to ImageNet rFID"
+            f"crop FID/KID over {len(crops)} {crop_set} 256x256 crops at depth {pd}: not comparable to ImageNet rFID"
         )
     return result
 
 
-def plot_evolution(result: EvalResult, path: Path) -> None:
+def plot_evolution(result: EvalResult, path: Path, crop_set: str = "held-out") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,7 +222,7 @@ def plot_evolution(result: EvalResult, path: Path) -> None:
         ticks = d_all[::2]
     if result.psnr_unquantized is not None:
         axes[0].axhline(result.psnr_unquantized, color="tab:red", lw=1, label="unquantized latent")
-    axes[0].set(title="Pixel fidelity (held-out crops)", xlabel="prefix depth", ylabel="PSNR (dB)", xticks=ticks)
+    axes[0].set(title=f"Pixel fidelity ({crop_set} crops)", xlabel="prefix depth", ylabel="PSNR (dB)", xticks=ticks)
     axes[0].legend(fontsize=7, loc="lower right")
     if result.semantic_cos_by_depth:
         d_all = list(range(1, len(result.semantic_cos_by_depth) + 1))
@@ -262,10 +262,13 @@ def evaluate_folder(weights: Path | None, split: Path, out: Path, fid: bool = Tr
         crops = crops[:limit]
     teacher = build_teacher(model.cfg) if model.cfg.teacher == "efficientnet-lite0" else None
     torch.manual_seed(0)
-    result = evaluate(model, loaded.hash, crops, teacher, fid=fid)
+    crop_set = "held-out" if photos == "held_out" else "training-photo"
+    result = evaluate(model, loaded.hash, crops, teacher, fid=fid, crop_set=crop_set)
+    if photos != "held_out":
+        result.notes.insert(0, "crops of the TRAINING photos (evotok eval --photos train): not held-out numbers")
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-    plot_evolution(result, out / "evolution.png")
+    plot_evolution(result, out / "evolution.png", crop_set)
     log.info("wrote %s and %s", out / "eval.json", out / "evolution.png")
     if any(math.isnan(v) for v in result.psnr_by_depth):
         log.warning("NaN PSNR: identical images?")

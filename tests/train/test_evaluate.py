@@ -126,6 +126,8 @@ def test_eval_cli_crops_the_photos_asked_for(tiny_weights: Path, tmp_path: Path)
         out = tmp_path / f"eval-{photos}"
         assert eval_main(["--weights", str(tiny_weights), "--split", str(split), "--out", str(out), "--no-fid",
                           "--photos", photos]) == 0
-        assert json.loads((out / "eval.json").read_text())["num_crops"] == crops
+        result = json.loads((out / "eval.json").read_text())
+        assert result["num_crops"] == crops
+        assert any("TRAINING photos" in n for n in result["notes"]) == (photos == "train")
     with pytest.raises(SystemExit):
         eval_main(["--weights", str(tiny_weights), "--split", str(split), "--photos", "train", "--write-card"])
