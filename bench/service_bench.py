@@ -106,7 +106,7 @@ class Servers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.redis_pid: int | None = None
         self.url = ""
-        self.worker_metrics: str | None = None  # the worker's metrics port (Redis path: batches run there)
+        self.worker_metrics: list[str] = []  # the workers' metrics ports (Redis path: batches run there)
 
     def cpu_s(self) -> float:
         total = 0.0
@@ -123,6 +123,25 @@ class Servers:
             _stop(proc)
         if self.redis_pid is not None:
             os.kill(self.redis_pid, signal.SIGTERM)
+
+
+def _settings_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Settings`` fields the benchmark's options set (for the lane count and the runtime limit)."""
+    return {k: v for k, v in {"weights": args.weights, "backend": args.backend, "threads": args.threads}.items() if v}
+
+
+def _redis_workers(args: argparse.Namespace) -> int:
+    """Worker processes on the Redis path: ``--redis-workers``, else one per lane the in-process server runs
+    (a worker is one lane: ``worker_settings``), so both paths get the same runtime parallelism; 1 for the
+    fake runtime, which the in-process server also runs as one lane."""
+    if args.redis_workers:
+        return int(args.redis_workers)
+    if args.fake:
+        return 1
+    from evotok.service.runtime_setup import planned_lanes
+    from evotok.service.settings import Settings
+
+    return int(planned_lanes(Settings(**_settings_fields(args), runtime_lanes=args.lanes)))
 
 
 def _env(args: argparse.Namespace, config: str) -> dict[str, str]:
@@ -184,12 +203,19 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
                         "EVOTOK_REDIS_MAX_ENTRIES": "4096"})
             if args.fake:
                 env["EVOTOK_WEIGHTS"] = str(write_fake_model_card(rdir / "model"))
-            wcmd = [sys.executable, "-m", "evotok.cli", "worker", "--name", "bench-w0", "--metrics-port",
-                    str(_free_port()), "--metrics-host", "127.0.0.1"]
-            if args.fake:
-                wcmd += ["--fake-runtime", "--fake-cost-ms", args.fake_cost_ms]
-            servers.procs.append(subprocess.Popen(wcmd, cwd=REPO, env=env))
-            servers.worker_metrics = wcmd[wcmd.index("--metrics-port") + 1]
+            workers = _redis_workers(args)
+            if workers > 1 and not args.threads:  # share the cores out, as lanes do in one process
+                from evotok.service.runtime_setup import usable_cores
+
+                env["EVOTOK_THREADS"] = str(max(1, usable_cores() // workers))
+            for i in range(workers):
+                metrics_port = str(_free_port())
+                wcmd = [sys.executable, "-m", "evotok.cli", "worker", "--name", f"bench-w{i}", "--metrics-port",
+                        metrics_port, "--metrics-host", "127.0.0.1"]
+                if args.fake:
+                    wcmd += ["--fake-runtime", "--fake-cost-ms", args.fake_cost_ms]
+                servers.procs.append(subprocess.Popen(wcmd, cwd=REPO, env=env))
+                servers.worker_metrics.append(metrics_port)
             servers.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "evotok.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                  "--queue", "redis", "--log-level", "warning"], cwd=REPO, env=env))
@@ -236,13 +262,13 @@ def _photo_body(size: int, kind: str) -> tuple[bytes, np.ndarray]:
 
 
 def _batch_stats(servers: Servers) -> tuple[float, float]:
-    """Sum and count of ``evotok_batch_size`` for encode, where batches run (the API, or the worker)."""
+    """Sum and count of ``evotok_batch_size`` for encode, where batches run (the API, or the workers)."""
     import httpx
 
-    url = f"http://127.0.0.1:{servers.worker_metrics}" if servers.worker_metrics else servers.url
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    urls = [f"http://127.0.0.1:{port}" for port in servers.worker_metrics] or [servers.url]
+    lines = [line for url in urls for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines()]
     total = count = 0.0
-    for line in text.splitlines():
+    for line in lines:
         if line.startswith("evotok_batch_size_sum{") and 'op="encode"' in line:
             total += float(line.rsplit(" ", 1)[1])
         elif line.startswith("evotok_batch_size_count{") and 'op="encode"' in line:
@@ -389,7 +415,7 @@ def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]
     from evotok.service.runtime_setup import build_runtime, planned_lanes, runtime_options
     from evotok.service.settings import Settings
 
-    base = {k: v for k, v in {"weights": args.weights, "backend": args.backend, "threads": args.threads}.items() if v}
+    base = _settings_fields(args)
     lanes = planned_lanes(Settings(**base, runtime_lanes=args.lanes))
     arrangements = [(lanes, c) for c in sorted({1, lanes})] + ([(1, 1)] if lanes > 1 else [])
     per: dict[str, dict[int, float]] = {}
@@ -420,7 +446,9 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
         rows.append(f"Runtime without HTTP, {name}: " + ", ".join(f"B={b} {v:.1f}" for b, v in by_b.items())
                     + " img/s")
     rows.append(f"Runtime limit without HTTP: {limit['best_items_per_s']:.1f} img/s at B={limit['best_batch']} "
-                f"({limit['best_arrangement']}); servers ran {limit.get('lanes', 1)} lane(s).")
+                f"({limit['best_arrangement']}); servers ran {limit.get('lanes', 1)} lane(s)"
+                + (f", the Redis path {_redis_workers(args)} worker(s) of one lane each." if "redis" in args.paths
+                   else "."))
     top = max(args.concurrency)
     ratios = []
     for path in args.paths:
@@ -460,6 +488,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--input", choices=sorted(CONTENT_TYPES), default="png",
                    help="request body: the photo as PNG, JPEG, or the .npy model input (no server-side decoding)")
     p.add_argument("--lanes", type=int, default=0, help="EVOTOK_RUNTIME_LANES of the servers (0 = auto)")
+    p.add_argument("--redis-workers", type=int, default=0,
+                   help="evotok worker processes on the Redis path (0 = one per lane the in-process server runs; "
+                        "several share the cores out through EVOTOK_THREADS unless --threads)")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level and round")
     p.add_argument("--repeat", type=int, default=1, help="interleaved rounds per level (pooled)")

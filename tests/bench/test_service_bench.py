@@ -45,3 +45,19 @@ def test_fake_bench_both_paths(tmp_path: Path) -> None:
     assert last.startswith("At 8 clients:") and len(ratios) == 2, last
     assert ratios == pytest.approx([by[(p, "on")]["throughput"] / by[(p, "off")]["throughput"]
                                     for p in ("inprocess", "redis")], abs=0.01)
+
+
+def test_redis_path_runs_the_workers_asked_for(tmp_path: Path) -> None:
+    """``--redis-workers 2``: two worker processes share the stream; with batching off each serves one 21 ms item
+    at a time, so together they pass the one-worker bound, and the batch statistics cover both."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "evotok.cli", "bench", "service", "--fake", "--fake-cost-ms", "20,1",
+         "--paths", "redis", "--configs", "off", "--concurrency", "8", "--duration", "2", "--redis-workers", "2",
+         "--limit-seconds", "0.3", "--startup-timeout", "120", "--json", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["errors"] == 0 and level["mean_batch"] == pytest.approx(1.0)
+    assert level["throughput"] > 1.4 * 1000 / 21  # one worker cannot pass 47.6 img/s
+    assert "the Redis path 2 worker(s)" in proc.stdout
