@@ -121,6 +121,12 @@ class BatchPolicy:
     def cap(self, op: Op) -> int:
         return max(1, min(self.max_batch_size, self.caps.get(op, self.max_batch_size)))
 
+    def largest_cap(self) -> int:
+        """The largest batch any op may form: how many entries a Redis worker needs in hand per batch (it
+        reads ahead by this, not by ``max_batch_size``, so that with a cap of 1 it leaves the queue to its
+        peers instead of holding items it will run one at a time)."""
+        return max(self.cap(op) for op in OPS)
+
     def with_caps(self, caps: Mapping[Op, int]) -> BatchPolicy:
         return BatchPolicy(self.max_batch_size, self.max_queue_delay_s, dict(caps))
 

@@ -156,7 +156,7 @@ class Consumer:
     def _read(self, block_s: float | None) -> None:
         """Read what fits (at most ``HOLD_BATCHES`` batches are held, so peers can take the rest): wait up to
         ``block_s`` (0: return at once; None: the idle block of ``block_ms``)."""
-        room = HOLD_BATCHES * self.opts.policy.max_batch_size - len(self.entries)
+        room = HOLD_BATCHES * self.opts.policy.largest_cap() - len(self.entries)
         if room <= 0:
             if block_s:
                 self._stop.wait(min(block_s, self.opts.block_ms / 1000))
@@ -238,7 +238,7 @@ class Consumer:
             stream = self.keys.work(op)
             resp = self.redis.xautoclaim(stream, GROUP, self.opts.name, self.opts.claim_idle_ms,
                                          start_id=self._claim_cursor.get(stream, "0-0"),
-                                         count=self.opts.policy.max_batch_size)
+                                         count=self.opts.policy.largest_cap())
             self._claim_cursor[stream] = nxt = text(resp[0])
             more = more or nxt != "0-0"
             claimed += [e for e in flatten([(stream, resp[1])], 2) if e.fields is not None and e.entry_id not in held]

@@ -95,3 +95,32 @@ def test_redis_adapter_runs_the_trace_like_the_core(redis_server: RedisServer, p
         thread.join(10)
         client.close()
     assert [(r.op, r.ids) for r in rt.ran] == _expected()
+
+
+@pytest.mark.parametrize(("caps", "held"), [({}, 10), ({"encode": 1, "decode": 1, "embed_image": 1, "embed_codes": 1}, 2)])
+def test_worker_reads_ahead_by_its_cap_not_the_upper_bound(redis_server: RedisServer, prefix: str,
+                                                          caps: dict[str, int], held: int) -> None:
+    """A worker claims at most two batches of its effective cap from the stream. With the auto cap at 1 (a CPU
+    where batching does not pay) it must not take 2 x ``max_batch_size`` entries that it would then run one by
+    one while a peer worker idles (p95 1.7x batching off with two workers, docs/benchmarks.md)."""
+    from evotok.service.core import BatchPolicy
+
+    keys = Keys(prefix)
+    client = redis.Redis(port=redis_server.port)
+    for op in ("encode", "decode", "embed_image", "embed_codes"):
+        client.xgroup_create(keys.work(op), GROUP, id="0", mkstream=True)
+    sec, usec = client.time()
+    now_ms = sec * 1000 + usec // 1000
+    for i in range(10):
+        wire = pack_array(np.full((8, 8, 3), i, np.uint8))
+        client.xadd(keys.work("encode"), {"rid": str(i), "reply": keys.reply("t"), "deadline_ms": now_ms + 60_000,
+                                          "enq_ms": now_ms, "dtype": wire.dtype, "shape": wire.shape, "data": wire.data})
+    policy = BatchPolicy(max_batch_size=16, max_queue_delay_s=0.0).with_caps(caps)  # type: ignore[arg-type]
+    consumer = Consumer(client, keys, RecordingRuntime(), ConsumerOptions("c1", policy, 60_000, 3), RunTimes(),
+                        CallWatch(60.0))
+    try:
+        consumer._read(0.0)
+        assert len(consumer.entries) == held
+        assert client.xpending(keys.work("encode"), GROUP)["pending"] == held  # the rest is left to peers
+    finally:
+        client.close()
