@@ -49,7 +49,7 @@ def test_fake_bench_both_paths(tmp_path: Path) -> None:
 
 def test_redis_path_runs_the_workers_asked_for(tmp_path: Path) -> None:
     """``--redis-workers 2``: two worker processes share the stream; with batching off each serves one 21 ms item
-    at a time, so together they pass the one-worker bound, and the batch statistics cover both."""
+    at a time, so together they pass the one-worker bound."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "evotok.cli", "bench", "service", "--fake", "--fake-cost-ms", "20,1",
