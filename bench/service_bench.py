@@ -205,9 +205,9 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
                 env["EVOTOK_WEIGHTS"] = str(write_fake_model_card(rdir / "model"))
             workers = _redis_workers(args)
             if workers > 1 and not args.threads:  # share the cores out, as lanes do in one process
-                from evotok.service.runtime_setup import usable_cores
+                from evotok.service.runtime_setup import threads_per_lane
 
-                env["EVOTOK_THREADS"] = str(max(1, usable_cores() // workers))
+                env["EVOTOK_THREADS"] = str(threads_per_lane(workers))
             for i in range(workers):
                 metrics_port = str(_free_port())
                 wcmd = [sys.executable, "-m", "evotok.cli", "worker", "--name", f"bench-w{i}", "--metrics-port",

@@ -65,6 +65,12 @@ def planned_lanes(settings: Settings) -> int:
     return usable_cores() if settings.backend == "onnxruntime" and settings.device == "cpu" else 1
 
 
+def threads_per_lane(lanes: int) -> int:
+    """ONNX Runtime CPU intra-op threads for one of ``lanes`` concurrent runtime calls (in one process, or one
+    per worker process): the usable cores shared out, at least 1."""
+    return max(1, usable_cores() // lanes)
+
+
 def runtime_options(settings: Settings) -> dict[str, Any]:
     """Backend options from settings; the same dict in every process (the TensorRT precision drift lived here).
     ONNX Runtime's intra-op threads default to the usable cores shared out between the lanes."""
@@ -77,7 +83,7 @@ def runtime_options(settings: Settings) -> dict[str, Any]:
         if settings.threads:
             options["threads"] = settings.threads
         elif lanes > 1 and settings.device == "cpu":
-            options["threads"] = max(1, usable_cores() // lanes)
+            options["threads"] = threads_per_lane(lanes)
         if settings.precision != "fp32":
             options["precision"] = settings.precision  # OrtRuntime refuses what its providers cannot run
         return options
