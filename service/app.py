@@ -29,6 +29,8 @@ from evotok.service.handlers import install_handlers
 from evotok.service.inprocess import InProcessBatcher
 from evotok.service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from evotok.service.openapi_examples import install_model_examples
+from evotok.service.oip import grpc_server as oip_grpc
+from evotok.service.oip import http as oip_http
 from evotok.service.routes import decode, embed, encode, health, info, web
 from evotok.service.runtime_setup import base_policy
 from evotok.service.schemas import ErrorResponse
@@ -79,11 +81,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await the_batcher.start()
         loader = asyncio.create_task(the_batcher.prepare(state), name="evotok-startup")
+        grpc_server = await oip_grpc.start(app)  # Open Inference Protocol gRPC (EVOTOK_GRPC_PORT; 0 = off)
         try:
             yield
         finally:
             state.phase = "draining"
             metrics.READY.set(0)
+            await oip_grpc.stop(grpc_server, grace_s=settings.request_timeout_s)
             if not loader.done():
                 loader.cancel()
             await the_batcher.drain(timeout_s=settings.request_timeout_s)
@@ -99,6 +103,7 @@ def create_app(
     install_handlers(app)
     for module in (encode, decode, embed, info, health, web):  # web: the page at / (service/static)
         app.include_router(module.router)
+    app.include_router(oip_http.router)  # Open Inference Protocol (KServe v2) HTTP: /v2/...
 
     @app.get("/", include_in_schema=False)
     async def index() -> dict[str, str]:

@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     # --- http ----------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535, description="Open Inference Protocol (KServe v2) gRPC port, served by `evotok serve` beside the HTTP API (0 = off)")
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
