@@ -5,7 +5,7 @@ A config is saved inside every checkpoint (``config.json`` and the safetensors m
 
 Presets:
 
-- ``evotok-siglip2-256``: the official EvoTok (arXiv 2603.12108, ``evotok-reference.md``): SigLIP2-Large/16 @256
+- ``evotok-siglip2-256``: the official EvoTok (arXiv 2603.12108, ``docs/reference/model.md``): SigLIP2-Large/16 @256
   (feature = output of block 22, i.e. ``hidden_states[-2]`` of the 24-block tower), tanh MLP task layer to a
   32-d latent on a 16x16 grid, 16 depths x 32768 codes x 32 dims, pixel decoder (LlamaGen VQ-16 layout,
   ch 128, mult 1,1,2,2,4) on depth 4, semantic ViT (3 blocks, width 1024, 12 heads) on depth 16.
@@ -56,7 +56,7 @@ class QuantizerConfig:
     dim: int = 32
     decay: float = 0.99
     eps: float = 1e-5
-    warmup_steps: int = 2000  # embed_ema frozen before this many updates (official quirk, see reference 3.3)
+    warmup_steps: int = 2000  # embed_ema frozen before this many updates (official quirk, docs/reference/model.md section 3.3)
     restart_unused: bool = True
     restart_threshold: float = 1.0  # a code whose EMA count falls below this is re-seeded
     # The reference divides the EMA sums by max(1, smoothed count). That floor assumes >= ~2 vectors per code

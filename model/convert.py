@@ -1,7 +1,7 @@
 """``evotok convert``: an official EvoTok training checkpoint -> our model folder.
 
 The official ``rq_train.py`` saves ``{"model", "optimizer", "discriminator", "optimizer_disc", "steps", "args",
-["ema"]}`` with ``torch.save`` (reference section 10). We load it with ``weights_only=True``, allow-listing only
+["ema"]}`` with ``torch.save`` (docs/reference/model.md section 10). We load it with ``weights_only=True``, allow-listing only
 ``argparse.Namespace`` (the pickled ``args``), take ``ema`` > ``model`` > ``state_dict`` like the official
 consumers, and rename keys by a fixed table. Unknown keys and missing keys are errors (no ``strict=False``),
 with one declared exception: the official ``VQEmbedding`` registers its ``step`` buffers only when trained with
@@ -51,7 +51,7 @@ class ConversionError(ValueError):
 def optional_official_keys(cfg: EvoTokConfig) -> tuple[str, ...]:
     """The official buffers a real checkpoint may lack: ``quantize.codebooks.{i}.step``, one per depth.
 
-    The official ``VQEmbedding`` registers ``step`` only when ``vq_warmup > 0`` (reference section 3.1), and
+    The official ``VQEmbedding`` registers ``step`` only when ``vq_warmup > 0`` (docs/reference/model.md section 3.1), and
     the ``rq_train.py`` default is 0. Inference never reads ``step``. Nothing else is optional.
     """
     return tuple(f"quantize.codebooks.{i}.step" for i in range(cfg.quantizer.num_depths))

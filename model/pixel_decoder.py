@@ -1,4 +1,4 @@
-"""Pixel decoder: LlamaGen / VQGAN-style conv decoder (reference section 4), channels configurable.
+"""Pixel decoder: LlamaGen / VQGAN-style conv decoder (docs/reference/model.md section 4), channels configurable.
 
 Input ``(B, z_channels, h, w)`` (after ``post_quant_conv``), output ``(B, 3, h*2^L, w*2^L)`` raw (no tanh;
 clamp to [-1, 1] at inference). Key names follow the official layout: ``conv_in``, ``mid.{0,1,2}``,

@@ -1,4 +1,4 @@
-"""Residual vector quantizer of EvoTok (RQ-VAE style; arXiv 2603.12108, reference section 3).
+"""Residual vector quantizer of EvoTok (RQ-VAE style; arXiv 2603.12108, docs/reference/model.md section 3).
 
 One codebook per depth, each ``codebook_size`` x ``dim`` plus one zero padding row (index ``codebook_size``
 is the *null code*). Nearest codes by squared L2, always in fp32 (autocast disabled), ties to the first index.
@@ -79,7 +79,7 @@ class VQCodebook(nn.Module):
 
     @torch.no_grad()
     def ema_update(self, r: Tensor, idx: Tensor, cfg: QuantizerConfig) -> None:
-        """EMA of counts and sums, warm-up, dead-code restart, weight refresh (reference section 3.3)."""
+        """EMA of counts and sums, warm-up, dead-code restart, weight refresh (docs/reference/model.md section 3.3)."""
         k = self.size
         counts = torch.bincount(idx, minlength=k).to(r.dtype)  # (K,)
         sums = torch.zeros(k, self.dim, dtype=r.dtype, device=r.device).index_add_(0, idx, r)  # (K, C)

@@ -1,4 +1,4 @@
-"""Semantic decoder: BEiT-v2 style ViT on the latent grid (reference section 5).
+"""Semantic decoder: BEiT-v2 style ViT on the latent grid (docs/reference/model.md section 5).
 
 ``(B, C_latent, h, w)`` -> ``(B, h*w, width)`` patch tokens after ``fc_norm``; the tanh MLP
 ``decode_task_layer`` (in ``EvoTok``) maps them to the teacher's feature size.

@@ -112,7 +112,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     _register_error_schema(app)
-    install_model_examples(app, state)  # /decode, /embed examples valid for the served model (issue 12)
+    install_model_examples(app, state)  # /decode, /embed examples valid for the served model
     return app
 
 

@@ -1,4 +1,4 @@
-"""PatchGAN discriminator (reference section 6): conv(s2) LReLU, [conv(s2) BN LReLU] x2, conv(s1) BN LReLU, conv(s1).
+"""PatchGAN discriminator (docs/reference/model.md section 6): conv(s2) LReLU, [conv(s2) BN LReLU] x2, conv(s1) BN LReLU, conv(s1).
 
 ``(B, 3, H, W)`` in [-1, 1] -> logits ``(B, 1, H/8 - 2, W/8 - 2)`` (30x30 at 256). ``ndf`` is configurable
 (64 in the reference; smaller for CPU training).

@@ -1,4 +1,4 @@
-"""Training losses (reference section 6), scaled to what installs offline.
+"""Training losses (docs/reference/model.md section 6), scaled to what installs offline.
 
 - Pixel MSE on [-1, 1].
 - ``FeatureDistance``: the perceptual term. LPIPS backbones cannot be had offline, so this is the LPIPS

@@ -1,6 +1,6 @@
 """The offline photo set (``evotok data``) and its fixed train / held-out split.
 
-Sources (``shared/docs/offline-assets.md``): real photographs inside five Debian packages (extracted with
+Sources: real photographs inside five Debian packages (extracted with
 ``apt-get download`` + ``dpkg -x``, no installation needed) and the colour photos bundled in the
 scikit-image, scikit-learn and matplotlib wheels. The held-out split (5 palapeli-data photos + 3 opencv-doc
 photos) is fixed here in code and never trained on; ``data/split.json`` records both lists with hashes.

@@ -1,6 +1,6 @@
 """The training loop: one process or many (``torchrun``; gloo on CPU, nccl on GPU).
 
-Recipe (reference section 7, scaled down where the CPU forces it, each deviation a named option):
+Recipe (docs/reference/model.md section 7, scaled down where the CPU forces it, each deviation a named option):
 Adam(betas 0.9/0.95), constant lr, grad clip 1.0 for generator and discriminator separately, bf16 autocast on
 GPU, codebook EMA with warm-up and dead-code restart (inside the quantizer), PatchGAN hinge loss from
 ``disc_start``. Loss = mse + perceptual + adv + commit + semantic (cos + fold), weights in ``TrainConfig``.

@@ -84,7 +84,7 @@ def test_alerts_cover_the_required_signals() -> None:
     }
     for metric, what in required.items():
         assert any(metric in e for e in alerts.values()), f"no alert on {what}"
-    # oldest age alert at half the default request deadline (serving-reference section (d))
+    # oldest age alert at half the default request deadline (docs/reference/serving-design.md section 4)
     age = alerts["EvotokQueueOldestAgeHigh"]
     assert float(age.rsplit(">", 1)[1]) == Settings.model_fields["request_timeout_s"].default / 2
 

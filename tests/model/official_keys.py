@@ -1,4 +1,4 @@
-"""The official EvoTok (siglip_256) state-dict key table of ``evotok-reference.md`` section 10, written out
+"""The official EvoTok (siglip_256) state-dict key table (``docs/reference/model.md`` section 10), written out
 independently of our model code, filled with random values."""
 
 from __future__ import annotations

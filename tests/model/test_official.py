@@ -1,7 +1,7 @@
 """The official preset at full size, and the converter from official checkpoints.
 
 The converted submodules are checked against outputs computed here directly from the official tensors with
-the reference's definitions (section 3-5), not through our modules.
+the definitions of docs/reference/model.md (sections 3-5), not through our modules.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def official_no_step(official: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 def test_official_preset_parameter_counts_match_the_reference(converted: torch.nn.Module) -> None:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     tower = converted.encoder.tower
-    assert count(tower.embeddings) + count(tower.encoder) == 290_762_752  # reference section 12
+    assert count(tower.embeddings) + count(tower.encoder) == 290_762_752  # docs/reference/model.md section 12
     assert count(converted.encode_task_layer) == 1_082_400
     assert count(converted.decoder) == 42_449_795  # section 4
     assert count(converted.post_quant_conv) == 8_448

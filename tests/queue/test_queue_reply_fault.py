@@ -1,4 +1,4 @@
-"""Redis stalls under load (issue 12): the reply connection is cut by SIGSTOPping the test's own redis-server for
+"""Redis stalls under load: the reply connection is cut by SIGSTOPping the test's own redis-server for
 5 s while 32 clients keep encoding through a real API (``evotok serve --queue redis``) and worker.
 
 Before: every waiting request was failed when the reply reader's socket timed out, and admissions timed out

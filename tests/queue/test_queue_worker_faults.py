@@ -1,4 +1,4 @@
-"""Worker faults the core must turn into something Kubernetes and the queue can act on (issue 12 rows).
+"""Worker faults the core must turn into something Kubernetes and the queue can act on.
 
 - A SIGKILLed worker's consumer name is removed from the group once it is idle and owns no pending entries
   (before: it stayed in the group forever).

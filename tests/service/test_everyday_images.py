@@ -1,6 +1,6 @@
-"""Everyday images (issue 12): what users have on disk is accepted and converted by one documented rule.
+"""Everyday images: what users have on disk is accepted and converted by one documented rule.
 
-Rows of the issue covered here: JPEG with EXIF orientation 6; RGBA / LA / palette-with-transparency PNG, CMYK
+Cases covered here: JPEG with EXIF orientation 6; RGBA / LA / palette-with-transparency PNG, CMYK
 JPEG, 16-bit PNG (were 422); GIF, BMP, TIFF (were 415); a GIF to ``/embed``. Pixel values are checked on
 ``prepare_image`` (the one conversion path), status codes and codes through the app.
 """

@@ -1,4 +1,4 @@
-"""Bounded work per request against a real uvicorn server (issue 12), with measured memory and time.
+"""Bounded work per request against a real uvicorn server, with measured memory and time.
 
 Rows: 241-byte PNG of 1x40000 px; 100-byte PNG of 1x4000 px; PNG of 1x10,000,000 px; 200 concurrent 20 MB
 bodies; slow bodies and headers at 1 B/s; 10 x 19 MB JSON bodies stalling /healthz; plus the connection limit.
@@ -80,7 +80,7 @@ def test_extreme_aspect_ratio_is_refused_cheaply(serve: Any, size: tuple[int, in
 
 @pytest.mark.parametrize("kind", ["jpeg 24 Mpx", "png rgba at the pixel limit"])
 def test_largest_allowed_images_stay_within_300_mb(serve: Any, kind: str) -> None:
-    """The issue's bound is "about 300 MB": RGBA at the 40 Mpx limit decodes to 160 MB and is flattened onto a
+    """The documented bound is "about 300 MB" (docs/service.md): RGBA at the 40 Mpx limit decodes to 160 MB and is flattened onto a
     120 MB RGB canvas (measured ~306 MB extra), so that case gets 10% headroom; JPEG is drafted (far less)."""
     server = serve()
     base = _warm(server)

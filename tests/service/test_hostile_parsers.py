@@ -1,4 +1,4 @@
-"""Hostile bodies for the parsers (issue 12): each is a 4xx in the one error shape, never a 500.
+"""Hostile bodies for the parsers: each is a 4xx in the one error shape, never a 500.
 
 Rows: npy header claiming (1e5, 1e5, 16); JSON codes with a 5000-digit integer; 100k-deep nesting; the
 OpenAPI examples (they used code 4005 > K); multipart without an image field. The memory/time rows
