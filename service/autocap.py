@@ -1,12 +1,13 @@
-"""Batching that pays for itself: the batch cap per op, measured on the actual runtime at warm-up.
+"""Batching that pays for itself: the batch cap per op, chosen by measured throughput at warm-up.
 
-For each op and each size ``b`` in 1, 2, 4, ... up to ``max_batch_size`` (and ``max_batch_size`` itself), time
-a warm runtime call (best of ``repeats``) and take the per-item time ``t(b) / b``. Walking up the sizes, the cap
-moves to ``b`` while ``b`` lowers the per-item time of the size before it by at least ``min_gain`` (25% by
-default), and the walk stops at the first size that does not: the largest size that still lowers per-item time
-meaningfully. (Stopping at the first flat step keeps one noisy, lucky measurement further up from setting the
-cap: on a CPU the curve is flat after 2 and a single fast sample at 8 must not make every request wait for 8.) Where batching does not pay (ONNX
-Runtime on a small CPU: ``t(b)`` grows linearly) the cap stays 1, and a request never waits for others.
+For each op, walking up the sizes ``b`` = 1, 2, 4, ... up to ``max_batch_size`` (and ``max_batch_size`` itself),
+time the served path of one batch (stacking ``b`` payloads and the warm runtime call, best of ``repeats``) and
+take its throughput ``b / t(b)``. The cap is the size of the highest throughput; the walk stops measuring at the
+first flat step, a size that does not raise throughput by more than ``min_gain`` (3% by default: measurement
+noise) over the best so far, so one lucky sample further up cannot set the cap, and warm-up does not time sizes
+that cannot pay. With the default queue delay of 0 a batch only forms from requests already waiting, so a larger
+cap never makes a lone request wait: the throughput-best size is the right cap. Where batching does not pay
+(``t(b)`` grows linearly) the cap stays 1.
 
 ``choose_cap`` is pure (tests give it recorded curves); ``measure`` runs the runtime.
 """
@@ -18,9 +19,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from evotok.service.core import OP_TABLE, OPS, Op, run_op
 
-DEFAULT_MIN_GAIN = 0.25
+DEFAULT_MIN_GAIN = 0.03
 
 
 def sizes_up_to(max_batch_size: int) -> list[int]:
@@ -44,32 +47,44 @@ class CapChoice:
 
 
 def choose_cap(item_s: Mapping[int, float], min_gain: float = DEFAULT_MIN_GAIN) -> int:
-    """Walk up the sizes while each lowers the per-item time of the previous one by ``min_gain``; the last one."""
+    """The size of the highest throughput (``1 / item_s``), walking up until the first size that does not beat
+    the best so far by more than ``min_gain``."""
     sizes = sorted(item_s)
     cap = sizes[0]
     for b in sizes[1:]:
-        if item_s[b] > (1.0 - min_gain) * item_s[cap]:
+        if not flat_step(item_s[cap], item_s[b], min_gain):
+            cap = b
+        else:
             break
-        cap = b
     return cap
+
+
+def flat_step(best_item_s: float, item_s: float, min_gain: float) -> bool:
+    """True when a size's throughput is not more than ``min_gain`` above the best so far."""
+    return (best_item_s / item_s) - 1.0 <= min_gain if item_s > 0 else False
 
 
 def measure(runtime: Any, max_batch_size: int, *, repeats: int = 3, min_gain: float = DEFAULT_MIN_GAIN,
             ops: Sequence[Op] = OPS, sizes: Sequence[int] | None = None, warm: bool = True) -> dict[Op, CapChoice]:
-    """Time every op at every size (best of ``repeats`` calls, after one untimed call when ``warm``) and choose
-    each op's cap. ``sizes`` defaults to ``sizes_up_to(max_batch_size)``; a single size fixes the cap."""
+    """Time every op at each size up to its first flat step (best of ``repeats`` served-path batches, after one
+    untimed call when ``warm``) and choose each op's cap. ``sizes`` defaults to ``sizes_up_to(max_batch_size)``;
+    a single size fixes the cap."""
     out: dict[Op, CapChoice] = {}
     for op in ops:
         curve: dict[int, float] = {}
+        best = float("inf")
         for b in sizes or sizes_up_to(max_batch_size):
-            x = OP_TABLE[op].example(runtime.info, b)
+            item = OP_TABLE[op].example(runtime.info, 1)[0]
             if warm:
-                run_op(runtime, op, x)  # a shape the warm-up did not cover pays its first-call cost here
-            best = float("inf")
+                run_op(runtime, op, np.stack([item] * b))  # a shape the warm-up did not cover pays its first call
+            fastest = float("inf")
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                run_op(runtime, op, x)
-                best = min(best, time.perf_counter() - t0)
-            curve[b] = best / b
+                run_op(runtime, op, np.stack([item] * b))  # the served path: stack the items, run, one result each
+                fastest = min(fastest, time.perf_counter() - t0)
+            curve[b] = fastest / b
+            if len(curve) > 1 and flat_step(best, curve[b], min_gain):
+                break
+            best = min(best, curve[b])
         out[op] = CapChoice(op, curve, choose_cap(curve, min_gain))
     return out

@@ -49,24 +49,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def configure_logging(level: str, as_json: bool) -> None:
-    fmt = (
-        '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
-        if as_json else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
-
-
 def ensure_engines(weights: Path, cache_dir: Path) -> None:
-    """Export ONNX engines for ``weights`` into ``cache_dir`` if they are missing (idempotent)."""
+    """Export ONNX engines for ``weights`` into ``cache_dir`` if they are missing (idempotent). The cache's
+    export, or the model folder's own ``onnx/`` export (the packaged model carries one), is used as it is.
+    When an export is needed and torch is not installed: one line on stderr naming the extra, exit status 2."""
     try:
-        from evotok.export.onnx_export import ensure_exported
+        from evotok.export.onnx_export import ExporterUnavailableError, ensure_exported
     except ImportError as exc:
         raise SystemExit(
             "evotok serve: the ONNX exporter (evotok.export.onnx_export.ensure_exported) is not available "
             f"({exc}); run `evotok export` or start with --backend torch"
         ) from exc
-    ensure_exported(weights, cache_dir)
+    try:
+        ensure_exported(weights, cache_dir)
+    except ExporterUnavailableError as exc:
+        sys.stderr.write(f"evotok serve: {exc}\n")
+        raise SystemExit(2) from None
 
 
 def _setup_multiprocess_metrics() -> None:
@@ -86,9 +84,10 @@ def serve_main(argv: list[str]) -> int:
             os.environ[env] = str(value)
 
     from evotok.service.settings import Settings
+    from evotok.service.startup import configure_logging
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings)
     if settings.queue == "inprocess":
         if not (settings.weights / "config.json").exists():
             sys.stderr.write(f"evotok serve: no model at {settings.weights} (config.json missing); "

@@ -1,12 +1,14 @@
-"""The batching core, with no I/O: queue entries, pure batch forming, the op table, and batch execution.
+"""The batching core, with no I/O: queue entries, pure batch forming and the op table.
 
-Both adapters (``inprocess.py``, asyncio in the API process, and ``worker/``, Redis Streams in worker processes)
-keep their own list of ``Entry`` objects in arrival order and ask ``next_batch(entries, policy, now)`` what to
-do next. That function is pure: the same arrival trace gives the same batches in either adapter (the split
+The batch step built on it (forming, running, answering, run-time estimates) is ``step.py``; the admission rule
+is ``admission.py``. Both adapters (``inprocess.py``, asyncio in the API process, and ``worker/``, Redis Streams
+in worker processes) keep a ``step.Scheduler`` whose entries are in arrival order; it asks
+``next_batch(entries, policy, now)`` what to do next. That function is pure: the same arrival trace gives the same batches in either adapter (the split
 text-embeddings-inference makes between ``queue.rs`` and ``infer.rs``). Its rules:
 
-1. Drop an entry whose client went away (``cancelled``) or that can no longer finish before its deadline
-   (``deadline <= now + run_estimate_s[op]``); dropped entries are returned with the reason, to be answered.
+1. Drop an entry that can no longer finish before its deadline (``deadline <= now + run_estimate_s[op]``:
+   ``deadline_exceeded``, also when its caller gave up at that deadline) or whose client went away
+   (``cancelled``); dropped entries are returned with the reason, to be answered.
 2. The oldest live entry opens the batch; it takes the live entries with the same key (op, dtype, shape), in
    arrival order, up to the op's cap (``policy.cap(op)``).
 3. The batch closes ``full`` at the cap, ``drain`` when draining, ``delay`` once ``max_queue_delay_s`` has
@@ -28,8 +30,6 @@ op              runtime method           payload (one item)               result
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -192,10 +192,10 @@ def next_batch(
     dropped: list[Dropped[R]] = []
     live: list[Entry[R]] = []
     for e in entries:
-        if e.cancelled:
-            dropped.append(Dropped(e, "cancelled"))
-        elif e.deadline <= now + est.get(e.op, 0.0):
+        if e.deadline <= now + est.get(e.op, 0.0):  # first: a request given up at its deadline is not "cancelled"
             dropped.append(Dropped(e, "deadline_exceeded"))
+        elif e.cancelled:
+            dropped.append(Dropped(e, "cancelled"))
         else:
             live.append(e)
     if not live:
@@ -221,45 +221,6 @@ def take(entries: list[Entry[R]], decided: Batch[R] | Wait[R]) -> None:
     entries[:] = [e for e in entries if id(e) not in gone]
 
 
-# --- execution ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Executed:
-    """The outcome of one runtime call: results ``(B, ...)`` in the wire dtype, or the error."""
-
-    op: Op
-    size: int
-    results: Array | None
-    error: BaseException | None
-    runtime_s: float
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def execute(runtime: Any, op: Op, payloads: Sequence[Array], *, cap: int, bucket: str) -> Executed:
-    """Stack, check and run one batch, with timing and the batch metrics (``metrics.observe_batch``).
-
-    Never raises for a failing batch: the error is returned, so the adapter fails only this batch's items.
-    Runs on the runtime thread (in process) or the worker's main thread, never on an event loop.
-    """
-    from evotok.service import metrics
-
-    n = len(payloads)
-    t0 = time.perf_counter()
-    try:
-        batch = np.stack(payloads)
-        OP_TABLE[op].check(batch, runtime.info)
-        out = run_op(runtime, op, batch)
-    except Exception as exc:
-        dt = time.perf_counter() - t0
-        metrics.observe_batch(op, bucket, n, cap, dt, ok=False)
-        return Executed(op, n, None, exc, dt)
-    dt = time.perf_counter() - t0
-    metrics.observe_batch(op, bucket, n, cap, dt, ok=True)
-    return Executed(op, n, out, None, dt)
-
-
 def bucket_of(key: BatchKey) -> str:
     """Shape bucket label: the leading spatial size of the payload (image side or code grid)."""
     shape = key[2]
@@ -270,60 +231,3 @@ def op_bucket(op: Op, info: ModelInfo) -> str:
     """The ``bucket`` label of ``op``'s payloads for this model (what ``bucket_of`` gives their batches), for
     the API-side stages of the same request."""
     return str(info.image_size if OP_TABLE[op].takes == "image" else info.grid)
-
-
-class RunTimes:
-    """EWMA of one batch's wall time per op (seconds): the ``run_estimate_s`` deadline drops use, and the
-    item/batch times admission and Retry-After predict with."""
-
-    def __init__(self, alpha: float = 0.2) -> None:
-        self.alpha = alpha
-        self.batch_s: dict[Op, float] = {}
-        self.item_s: dict[Op, float] = {}
-
-    def seed(self, op: Op, batch_s: float, n: int) -> None:
-        self.batch_s[op], self.item_s[op] = batch_s, batch_s / max(1, n)
-
-    def update(self, op: Op, batch_s: float, n: int) -> None:
-        if op not in self.batch_s:
-            self.seed(op, batch_s, n)
-            return
-        a = self.alpha
-        self.batch_s[op] = (1 - a) * self.batch_s[op] + a * batch_s
-        self.item_s[op] = (1 - a) * self.item_s[op] + a * batch_s / max(1, n)
-
-    def items_per_s(self) -> float:
-        rates = [1.0 / s for s in self.item_s.values() if s > 0]
-        return min(rates) if rates else 0.0
-
-
-def error_code(exc: BaseException) -> str:
-    """The reply / error code of a failed batch: a payload off the op's contract is the caller's fault."""
-    return "invalid_input" if isinstance(exc, PayloadError) else "backend_error"
-
-
-class CallWatch:
-    """Liveness of the runtime lanes: a call running longer than ``bound_s`` means the process is stuck
-    (``/healthz`` 503, so the orchestrator restarts it). Written by the runtime threads (one entry per thread,
-    so concurrent lanes are watched each), read by probes."""
-
-    def __init__(self, bound_s: float) -> None:
-        self.bound_s = bound_s
-        self._started: dict[int, float] = {}
-
-    def begin(self) -> None:
-        self._started[threading.get_ident()] = time.monotonic()
-
-    def end(self) -> None:
-        self._started.pop(threading.get_ident(), None)
-
-    def age_s(self) -> float:
-        """Age of the oldest call in progress (0 when none)."""
-        oldest = min(list(self._started.values()), default=None)
-        return 0.0 if oldest is None else time.monotonic() - oldest
-
-    def problem(self) -> str | None:
-        age = self.age_s()
-        if age > self.bound_s:
-            return f"a runtime call has run for {age:.1f} s (bound EVOTOK_RUNTIME_HANG_S={self.bound_s:g} s)"
-        return None

@@ -82,6 +82,12 @@ class BackendError(ServiceError):
     status, code = 500, "backend_error"
 
 
+class ClientGone(ServiceError):
+    """The client closed the connection before its answer (nginx's 499; nobody reads the body)."""
+
+    status, code = 499, "client_closed_request"
+
+
 # The one table: exception class -> (HTTP status, machine-readable code). Used by the handlers in app.py
 # and rendered into the OpenAPI error responses.
 ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
@@ -101,13 +107,20 @@ ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
         DeadlineExceeded,
         NotReady,
         BackendError,
+        ClientGone,
     )
 }
 _CLASS_OF_CODE: dict[str, type[ServiceError]] = {code: cls for cls, (_, code) in ERROR_TABLE.items()}
 
 
+RETRY_AFTER_S: dict[str, float] = {"not_ready": 1.0}  # codes whose answers tell the client when to retry
+
+
 def error_of_code(code: str, message: str) -> ServiceError:
-    """The table's exception for a machine-readable ``code`` raised outside the HTTP layer (``evotok.imaging``'s
-    ``ImageError``); a code missing from the table is a bug, answered 500 ``internal``."""
+    """The table's exception for a machine-readable ``code`` raised outside the HTTP layer: ``evotok.imaging``'s
+    ``ImageError``, the batching core's answers (``step.Answer.code``) in process and through Redis. A code
+    missing from the table is a bug, answered 500 ``internal``."""
     cls = _CLASS_OF_CODE.get(code)
-    return cls(message) if cls is not None else ServiceError(f"{code}: {message}")
+    if cls is None:
+        return ServiceError(f"{code}: {message}")
+    return cls(message, retry_after_s=RETRY_AFTER_S.get(code))

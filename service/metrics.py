@@ -1,6 +1,6 @@
 """Prometheus metrics: every ``evotok_*`` series of the API process *and* of the workers, defined here only.
 
-Names follow ``serving-reference.md`` section (d): base units, ``_total`` counters, histograms (not summaries),
+Names follow the Prometheus naming practice: base units, ``_total`` counters, histograms (not summaries),
 bounded label values. One label vocabulary, the same in the API process and in ``evotok worker``, so one
 dashboard query joins both:
 
@@ -14,9 +14,10 @@ dashboard query joins both:
 - ``reason``: rejections ``queue_full`` | ``server_busy`` (body budget / connections full) | ``payload_too_large`` |
   ``request_timeout`` (slow headers/body) | ``invalid_input`` | ``deadline_exceeded`` | ``cancelled`` |
   ``not_ready`` | ``unauthorized`` | ``not_found`` | ``worker_error`` | ``internal`` | ``other``; skipped items
-  ``deadline_exceeded`` | ``cancelled``; batch close ``full`` | ``delay`` | ``drain``; dead letters
+  ``deadline_exceeded`` (its deadline passed or would pass, also when its caller gave up at that deadline) |
+  ``cancelled`` (its client went away before); batch close ``full`` | ``delay`` | ``drain``; dead letters
   ``malformed`` | ``poison``
-- ``state``: ``lag`` (waiting for a batch) | ``pending`` (in a running batch / delivered, not acked)
+- ``state``: ``lag`` (waiting for a batch / not yet read) | ``pending`` (in a running batch / read, not acked)
 - ``bucket``: the payload's leading spatial size (image side or code grid), a small fixed set
 
 Several uvicorn workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set *before* this module is imported,
@@ -69,16 +70,25 @@ DEADLINE_EXCEEDED = Counter(
     "evotok_request_deadline_exceeded", "Items past their deadline, by where it was seen", ["op", "where"]
 )
 
-# --- queue (in-process queue, or the Redis streams as a worker sees them) ---------------------------
+# --- queue: this process's own entries (in-process queue; a worker's held entries) -------------------
 QUEUE_ENTRIES = Gauge(
-    "evotok_queue_entries", "Queued items: lag = waiting for a batch, pending = in a batch / delivered, not acked",
-    ["op", "state"], multiprocess_mode="livesum",
+    "evotok_queue_entries", "This process's items: lag = waiting for a batch, pending = in a running batch "
+    "(sum over processes = the whole deployment's items in hand)", ["op", "state"], multiprocess_mode="livesum",
 )
-QUEUE_BYTES = Gauge("evotok_queue_bytes", "Admission byte counter (payload bytes admitted, not acked)", ["op"],
-                    multiprocess_mode="livemax")
 QUEUE_OLDEST_AGE = Gauge(
-    "evotok_queue_oldest_age_seconds", "Age of the oldest waiting item", ["op"], multiprocess_mode="livemax"
+    "evotok_queue_oldest_age_seconds", "Age of this process's oldest waiting item", ["op"], multiprocess_mode="livemax"
 )
+# --- the Redis streams, cluster-wide: published by one worker only (the gauge publisher lease) ----------------
+STREAM_ENTRIES = Gauge(
+    "evotok_stream_entries", "Work stream entries, cluster-wide: lag = not yet read by any worker, pending = read, "
+    "not acked (published by one worker)", ["op", "state"], multiprocess_mode="livemax",
+)
+STREAM_OLDEST_AGE = Gauge(
+    "evotok_stream_oldest_age_seconds", "Age of the oldest work stream entry, cluster-wide (published by one worker)",
+    ["op"], multiprocess_mode="livemax",
+)
+STREAM_BYTES = Gauge("evotok_stream_bytes", "Admission byte counter, cluster-wide (payload bytes admitted, "
+                     "not acked; published by one worker)", ["op"], multiprocess_mode="livemax")
 QUEUE_WAIT = Histogram("evotok_queue_wait_seconds", "Enqueued -> picked into a batch", ["op"], buckets=LATENCY_BUCKETS)
 REDELIVERIES = Counter("evotok_redeliveries", "Entries reclaimed from another (or a dead) consumer", ["op"])
 DEAD_LETTERS = Counter("evotok_dead_letters", "Entries moved to the dead-letter stream", ["op", "reason"])

@@ -147,6 +147,7 @@ class MetricsMiddleware:
         status = {"code": 500}
         sizes = {"in": 0, "out": 0}
         start = time.perf_counter()
+        scope.setdefault("evotok.arrival", time.monotonic())  # the request's deadline counts from here
         in_flight = metrics.HTTP_IN_FLIGHT.labels(endpoint)
         in_flight.inc()
 

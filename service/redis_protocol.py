@@ -12,6 +12,7 @@ Keys (``P`` = ``settings.redis_prefix``; write it as ``{evotok}`` to co-locate k
                                      caps); written with each heartbeat, expires after the liveness window
 ``P:reply:{replica}``                reply stream of one API replica (capped, expires when idle)
 ``P:cancel:{request_id}``            cancel mark set by the API (TTL = remaining deadline)
+``P:gauges``                         name of the worker that publishes the cluster-wide stream gauges (TTL)
 ``P:dlq``                            dead letters (capped with MAXLEN ~; trimming is fine here)
 ==================================== ==============================================================
 
@@ -26,8 +27,8 @@ Reply entry fields: ``rid``, ``status`` (``ok`` or an error code of ``service/er
 
 Two Lua scripts keep the invariants atomic (Redis 7.0 compatible: XACK + XDEL, no XACKDEL):
 
-- ``ADMIT_LUA`` (API): live-worker check, entry and byte caps, predicted wait vs deadline, XADD (no
-  MAXLEN), INCRBY of the byte counter, all in one step.
+- ``ADMIT_LUA`` (API): the admission rule of ``admission.py`` (entry and byte caps, predicted wait vs deadline;
+  no live worker admits), XADD (no MAXLEN), INCRBY of the byte counter, all in one step.
 - ``DELIVER_LUA`` (worker): per entry XACK + XDEL; only if this call really deleted the entry, XADD the
   reply and DECRBY the byte counter. A duplicate (an entry reclaimed and finished by another worker)
   therefore produces no second reply and never double-decrements the counter.
@@ -82,6 +83,10 @@ class Keys:
 
     def cancel(self, request_id: str) -> str:
         return f"{self.prefix}:cancel:{request_id}"
+
+    @property
+    def gauge_lease(self) -> str:
+        return f"{self.prefix}:gauges"
 
     @property
     def dlq(self) -> str:
@@ -201,32 +206,33 @@ def parse_reply(fields: dict[bytes, bytes]) -> Reply:
 # Lua scripts
 
 ADMIT_LUA = """
+-- The admission rule of service/admission.py (admit), atomically with the XADD.
 -- KEYS: 1 work stream, 2 byte counter, 3 workers zset, 4 stats hash
 -- ARGV: 1 max_entries, 2 max_bytes, 3 heartbeat liveness window ms, 4 remaining budget ms,
 --       5 payload bytes, 6.. field/value pairs of the entry (without deadline/enq)
--- Returns {status, number}: {'ok', deadline_ms} (entry id in 3rd slot), {'noworker', 0},
--- {'full', predicted_wait_ms}, {'unmeetable', predicted_wait_ms}
+-- Returns {status, predicted_wait_ms[, entry id]}: 'ok' (admitted), 'full', 'too_short', 'unmeetable'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = redis.call('ZCOUNT', KEYS[3], now - tonumber(ARGV[3]), '+inf')
-if live == 0 then return {'noworker', 0} end
 local n = redis.call('XLEN', KEYS[1])
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
 local st = redis.call('HMGET', KEYS[4], 'item_ms', 'batch_ms')
 local item_ms = tonumber(st[1] or '0') or 0
 local batch_ms = tonumber(st[2] or '0') or 0
 -- predicted time to answer: the entries ahead shared by the live workers, plus one batch of our own
-local wait_ms = math.ceil(n * item_ms / live + batch_ms)
+local wait_ms = math.ceil(n * item_ms / math.max(1, live) + batch_ms - 1e-6)
 local nbytes = tonumber(ARGV[5])
 if n + 1 > tonumber(ARGV[1]) or used + nbytes > tonumber(ARGV[2]) then return {'full', wait_ms} end
 local remaining = tonumber(ARGV[4])
-if wait_ms > remaining then return {'unmeetable', wait_ms} end
+-- no live worker: admit (within the bounds and its deadline) so that lag builds and an autoscaler starts one
+if live > 0 and math.ceil(batch_ms - 1e-6) > remaining then return {'too_short', wait_ms} end
+if live > 0 and wait_ms > remaining then return {'unmeetable', wait_ms} end
 local deadline = now + remaining
 local args = {KEYS[1], '*', 'deadline_ms', tostring(deadline), 'enq_ms', tostring(now)}
 for i = 6, #ARGV do args[#args + 1] = ARGV[i] end
 local id = redis.call('XADD', unpack(args))
 redis.call('INCRBY', KEYS[2], nbytes)
-return {'ok', deadline, id}
+return {'ok', wait_ms, id}
 """
 
 DELIVER_LUA = """

@@ -2,12 +2,14 @@
 
 Per request (``submit``):
 
-1. one atomic Lua call (``ADMIT_LUA``) checks for a live worker heartbeat (else ``NotReady`` -> 503), the
-   per-endpoint entry and byte caps (``Overloaded`` -> 429 + Retry-After), the predicted wait against the
-   deadline (``Overloaded``, reason deadline_unmeetable), then XADDs the entry (never trimmed) and adds
-   its bytes to the counter;
+1. one atomic Lua call (``ADMIT_LUA``, the admission rule of ``admission.py``) checks the per-op entry and
+   byte caps and the predicted wait against the deadline (``admission.refusal`` -> 429 + Retry-After), then
+   XADDs the entry (never trimmed) and adds its bytes to the counter. With no live worker the entry is admitted
+   (within the caps and its deadline): the lag it builds is what starts a worker from zero (KEDA);
 2. the handler awaits an in-memory future until its deadline (``DeadlineExceeded`` -> 504); on timeout
-   or client cancellation a cancel mark (``P:cancel:{rid}``) tells the workers to skip the entry.
+   or client cancellation a cancel mark (``P:cancel:{rid}``) tells the workers to skip the entry. A client that
+   goes away while the admission call itself is in flight leaves the same mark. Replies carry a code of the
+   error table and become ``errors.error_of_code(code, message)``.
 
 One long-lived reader task per replica XREADs this replica's reply stream over its own connection and
 resolves futures by request id; replies for unknown or already-resolved ids (duplicates after a reclaim,
@@ -44,8 +46,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from evotok.export.types import ModelInfo
+from evotok.service import admission
 from evotok.service.batcher import OPS, Batcher, BatcherStats, Op
-from evotok.service.errors import BackendError, DeadlineExceeded, InvalidInput, NotReady, Overloaded
+from evotok.service.errors import (
+    BackendError,
+    DeadlineExceeded,
+    InvalidInput,
+    NotReady,
+    Overloaded,
+    error_of_code,
+)
 from evotok.service.redis_protocol import (
     ADMIT_LUA,
     Keys,
@@ -165,7 +175,7 @@ class RedisBatcher(Batcher):
             queued=self._queued,
             in_flight=len(self._pending),
             oldest_age_s=self._oldest_age_s,
-            ready=self._started and not self._draining and self._redis_ok and self._live_workers > 0,
+            ready=self._started and not self._draining and self._redis_ok,  # workers may scale from zero
             draining=self._draining,
         )
 
@@ -215,6 +225,9 @@ class RedisBatcher(Batcher):
                            "rid", rid, "reply", self.reply_key, "dtype", dtype, "shape", shape, "data", data]
         try:
             res = await asyncio.wait_for(self._admit_retrying_stale(keys, args), timeout=remaining_ms / 1000)
+        except asyncio.CancelledError:  # the client went away while the entry may be being written
+            self._mark_cancelled(rid, max(1000, remaining_ms + 5000))
+            raise
         except TimeoutError as exc:  # asyncio's (deadline) or the socket's: the entry may still be written
             self._redis_ok = False
             self._mark_cancelled(rid, max(1000, remaining_ms + 5000))
@@ -230,30 +243,16 @@ class RedisBatcher(Batcher):
             raise Overloaded(f"queue refused the entry: {exc}", retry_after_s=1.0) from exc
         self._redis_ok = True
         status = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
-        wait_s = int(res[1]) / 1000
         if status == "ok":
             return
-        if status == "noworker":
-            self._live_workers = 0
-            raise NotReady("no live inference worker", retry_after_s=1.0)
-        retry_after = float(max(1, math.ceil(wait_s)))
-        if status == "full":
-            raise Overloaded(f"{op} queue is full", retry_after_s=retry_after)
-        if status == "unmeetable":
-            raise Overloaded(f"{op} queue wait (~{wait_s:.1f} s) exceeds the request deadline",
-                             retry_after_s=retry_after)
-        raise BackendError(f"unexpected admission answer {status!r}; this is a bug")
+        if status not in ("full", "too_short", "unmeetable"):
+            raise BackendError(f"unexpected admission answer {status!r}; this is a bug")
+        raise admission.refusal(op, admission.Admission(status, int(res[1]) / 1000))  # type: ignore[arg-type]
 
     def _result(self, reply: Reply) -> npt.NDArray[Any]:
         if reply.status == "ok" and reply.result is not None:
             return np.array(reply.result)  # writable copy, detached from the wire buffer
-        if reply.status in ("deadline_exceeded", "cancelled"):
-            raise DeadlineExceeded(reply.message or "deadline passed while queued")
-        if reply.status == "invalid_input":
-            raise InvalidInput(reply.message)
-        if reply.status == "not_ready":
-            raise NotReady(reply.message, retry_after_s=1.0)
-        raise BackendError(reply.message or "inference failed")
+        raise error_of_code(reply.status, reply.message or "inference failed")
 
     def _mark_cancelled(self, rid: str, ttl_ms: int) -> None:
         """Fire-and-forget: tell workers to skip this entry; retried while Redis is unreachable, for ``ttl_ms``."""

@@ -35,13 +35,16 @@ class Settings(BaseSettings):
     queue: Literal["inprocess", "redis"] = "inprocess"
     max_batch_size: int = Field(8, ge=1, le=1024, description="upper bound of a batch (1 = batching off)")
     batch_cap: str = Field(
-        "auto", pattern=r"^(auto|[1-9][0-9]*)$", description="auto: measure at warm-up the largest batch "
-        "(<= max_batch_size) that still lowers per-item time by batch_cap_min_gain; an integer fixes the cap")
-    batch_cap_min_gain: float = Field(0.25, ge=0.0, lt=1.0, description="auto cap: per-item time gain each "
-                                      "doubling of the batch must bring (0.25 = 25%)")
+        "auto", pattern=r"^(auto|[1-9][0-9]*)$", description="auto: measure at warm-up the batch size "
+        "(<= max_batch_size) of the highest throughput, stopping at the first size that gains no more than "
+        "batch_cap_min_gain; an integer fixes the cap")
+    batch_cap_min_gain: float = Field(0.03, ge=0.0, lt=1.0, description="auto cap: throughput gain a larger "
+                                      "batch must bring to count (0.03 = 3%, the timing noise)")
     runtime_hang_s: float = Field(60.0, gt=0.0, description="a runtime call running longer than this fails "
                                   "liveness (/healthz 503) so the orchestrator restarts the process")
-    max_queue_delay_ms: float = Field(5.0, ge=0.0)
+    max_queue_delay_ms: float = Field(0.0, ge=0.0, description="how long a batch waits for partners after its "
+                                      "first item (0: a batch forms only from requests already waiting; a lone "
+                                      "request never waits, as Triton's default)")
     max_queue_size: int = Field(256, ge=1, description="admitted but unfinished requests per process/endpoint")
     request_timeout_s: float = Field(30.0, gt=0.0, description="deadline for one request, queue + inference")
 

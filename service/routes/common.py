@@ -27,12 +27,12 @@ from evotok.service.codes_io import (
 )
 from evotok.service.core import Op, op_bucket
 from evotok.service.errors import (
+    ClientGone,
     DeadlineExceeded,
     InvalidCodes,
     InvalidInput,
     NotAcceptable,
     PayloadTooLarge,
-    ServiceError,
     UnsupportedMediaType,
 )
 from evotok.service.imaging import IMAGE_CONTENT_TYPES, ResizeMode, parse_background, prepare_image
@@ -48,12 +48,6 @@ BINARY_SCHEMA: dict[str, Any] = {"type": "string", "format": "binary"}
 RAW_IMAGE_BODIES: dict[str, Any] = {t: {"schema": BINARY_SCHEMA} for t in IMAGE_CONTENT_TYPES}
 BACKGROUND_DOC = ("colour that transparent pixels are flattened onto: a name (white, black) or #rrggbb; "
                   "default EVOTOK_BACKGROUND (white)")
-
-class ClientGone(ServiceError):
-    """The client closed the connection before its answer (nginx's 499; nobody reads the body)."""
-
-    status, code = 499, "client_closed_request"
-
 
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -89,8 +83,23 @@ async def timeout_header(
     """Declares the header in the OpenAPI schema; ``deadline_for`` reads and validates it."""
 
 
+ARRIVAL_KEY = "evotok.arrival"  # ASGI scope key: time.monotonic() when the request reached the app
+DEADLINE_KEY = "evotok.deadline"
+
+
+def arrival_of(request: Request) -> float:
+    """When the request arrived (stamped by ``MetricsMiddleware``, the outermost middleware)."""
+    arrived: float = request.scope.setdefault(ARRIVAL_KEY, time.monotonic())
+    return arrived
+
+
 def deadline_for(state: ServiceState, request: Request) -> float:
-    """Absolute deadline: ``request_timeout_s`` from now, shortened by an ``X-Request-Timeout-Ms`` header."""
+    """The request's one absolute deadline (``time.monotonic()``): ``request_timeout_s`` after its *arrival*,
+    shortened by an ``X-Request-Timeout-Ms`` header. Fixed on first use and kept on the request, so body
+    reading, image decoding, queueing and inference are all charged to it."""
+    fixed: float | None = request.scope.get(DEADLINE_KEY)
+    if fixed is not None:
+        return fixed
     budget = state.settings.request_timeout_s
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is not None:
@@ -98,10 +107,20 @@ def deadline_for(state: ServiceState, request: Request) -> float:
             asked = float(raw) / 1000.0
         except ValueError:
             asked = -1.0
-        if not asked > 0:
+        if not asked > 0 or asked != asked:
             raise InvalidInput(f"X-Request-Timeout-Ms must be a positive number of milliseconds, got {raw!r}")
         budget = min(budget, asked)  # a client may shorten the server's deadline, never extend it
-    return time.monotonic() + budget
+    deadline = arrival_of(request) + budget
+    request.scope[DEADLINE_KEY] = deadline
+    return deadline
+
+
+def remaining_s(deadline: float, what: str) -> float:
+    """Seconds left before ``deadline``; ``DeadlineExceeded`` (504) when none are."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded(f"request deadline passed {what}")
+    return left
 
 
 async def read_images(request: Request, state: ServiceState) -> tuple[list[bytes], bool]:
@@ -199,40 +218,50 @@ def background_of(state: ServiceState, value: str | None) -> tuple[int, int, int
     return parse_background(value if value is not None else state.settings.background)
 
 
-async def _decode_slot(request: Request, limit: int, deadline: float) -> asyncio.Semaphore:
+def _decode_slots(request: Request, limit: int) -> asyncio.Semaphore:
     """This app's bound on images decoded at once (each may hold a full-size decoded image)."""
     slots: asyncio.Semaphore | None = getattr(request.app.state, "evotok_decode_slots", None)
     if slots is None:
         slots = request.app.state.evotok_decode_slots = asyncio.Semaphore(limit)
+    return slots
+
+
+async def _decode_within(fn: Callable[[], U8], slots: asyncio.Semaphore, deadline: float) -> U8:
+    """Run ``fn`` in the thread pool holding one decode slot, answering 504 as soon as ``deadline`` passes: the
+    decode already running finishes in its thread and only then frees its slot (memory stays bounded)."""
     try:
-        await asyncio.wait_for(slots.acquire(), timeout=max(0.0, deadline - time.monotonic()))
+        await asyncio.wait_for(slots.acquire(), timeout=remaining_s(deadline, "before decoding"))
     except TimeoutError:
         raise DeadlineExceeded("no image decoder became free before the request deadline") from None
-    return slots
+    job = asyncio.ensure_future(run_in_threadpool(fn))
+    job.add_done_callback(lambda _f: slots.release())
+    try:
+        return await asyncio.wait_for(asyncio.shield(job), timeout=remaining_s(deadline, "before decoding"))
+    except TimeoutError:
+        job.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is nobody's now
+        raise DeadlineExceeded("request deadline passed while decoding its images") from None
 
 
 async def decode_images(blobs: list[bytes], state: ServiceState, info: ModelInfo, resize: ResizeMode, op: Op,
                         request: Request | None = None, background: str | None = None) -> list[U8]:
     """Bytes -> model inputs ``(S, S, 3)`` uint8 for ``op`` (``encode`` or ``embed_image``), in the thread pool,
-    at most ``max_concurrent_decodes`` at once; timed as the op's ``decode_input`` stage."""
+    at most ``max_concurrent_decodes`` at once per app, within the request's deadline (504 the moment it passes);
+    timed as the op's ``decode_input`` stage."""
     start = time.perf_counter()
     s = state.settings
     colour = background_of(state, background)
 
-    def prepare(blob: bytes) -> U8:
-        return prepare_image(blob, info.image_size, resize, s.max_image_pixels,
-                             max_aspect_ratio=s.max_aspect_ratio, background=colour)
+    def prepare(blob: bytes) -> Callable[[], U8]:
+        return lambda: prepare_image(blob, info.image_size, resize, s.max_image_pixels,
+                                     max_aspect_ratio=s.max_aspect_ratio, background=colour)
 
     images = []
-    for blob in blobs:
-        if request is None:
-            images.append(await run_in_threadpool(prepare, blob))
-            continue
-        slots = await _decode_slot(request, s.max_concurrent_decodes, deadline_for(state, request))
-        try:
-            images.append(await run_in_threadpool(prepare, blob))
-        finally:
-            slots.release()
+    if request is None:
+        images = [await run_in_threadpool(prepare(blob)) for blob in blobs]
+    else:
+        deadline = deadline_for(state, request)
+        slots = _decode_slots(request, s.max_concurrent_decodes)
+        images = [await _decode_within(prepare(blob), slots, deadline) for blob in blobs]
     metrics.STAGE_DURATION.labels(op, "decode_input", op_bucket(op, info)).observe(time.perf_counter() - start)
     return images
 

@@ -1,9 +1,9 @@
 """``evotok worker``: the Redis Streams adapter of the batching core, in three parts.
 
-- ``consumer.py``: the loop: read work entries, form batches with ``core.next_batch``, run them with
-  ``core.execute``, deliver replies and ack (``streams.py``: the Redis I/O of that loop);
+- ``consumer.py``: the loop: read work entries, run the core's batch step (``step.Scheduler``: form, run,
+  answer), deliver replies and ack (``streams.py``: the Redis I/O of that loop);
 - ``heartbeat.py``: liveness heartbeat + time estimates for admission, queue gauges, dead-consumer removal;
-- ``main.py``: the process: runtime build and preparation (``runtime_setup``, shared with the API process),
+- ``main.py``: the process: start-up (``startup.start_runtime`` and ``configure_logging``, shared with the API),
   the side HTTP server (``/metrics``, ``/healthz``, ``/readyz``), signals and shutdown.
 """
 

@@ -6,10 +6,14 @@ Loop (``run``), all on the worker's main thread:
    (``XREADGROUP ... 0``, the recovery read of a restarted worker);
 2. every ``claim_idle_ms / 2``: ``XAUTOCLAIM`` entries idle longer than ``claim_idle_ms`` (a dead or stuck
    peer's batch) into the local entry list;
-3. ask ``next_batch`` (clock: Redis TIME, tracked through an offset) what to do: wait -> a blocking
-   ``XREADGROUP`` for at most that long; a batch -> refresh the cancel marks of the held entries, ask again,
-   then run the batch through ``core.execute`` and deliver + ack (``streams.deliver``). Dropped entries are
-   answered ``deadline_exceeded`` / ``cancelled``, malformed / over-delivered ones are dead-lettered.
+3. ask the core's batch step (``step.Scheduler.next``; clock: Redis TIME, tracked through an offset) what to
+   do: wait -> a blocking ``XREADGROUP`` for at most that long; a batch -> refresh the cancel marks of the held
+   entries and decide for real, run it (``Scheduler.run``) and deliver its answers (``step.answers_of_batch``,
+   ``answers_of_dropped``) + ack (``streams.deliver``). Malformed / over-delivered entries are dead-lettered.
+
+The entries this consumer holds have their idle time reset (``XCLAIM ... JUSTID``, which does not count a
+delivery) before each ``XAUTOCLAIM``, so a worker never re-delivers its own entries to itself, and a peer
+reclaims only the entries of a consumer whose loop stopped turning.
 
 Redis errors never end the process: the loop backs off and reconnects. ``stop()`` (SIGTERM) stops reading and
 runs what this consumer holds (batches close as ``drain``) before ``run`` returns.
@@ -27,21 +31,9 @@ import redis
 
 from evotok.export.runtime import Runtime
 from evotok.service import metrics
-from evotok.service.core import (
-    OPS,
-    Batch,
-    BatchPolicy,
-    CallWatch,
-    Entry,
-    RunTimes,
-    Wait,
-    bucket_of,
-    error_code,
-    execute,
-    next_batch,
-    take,
-)
+from evotok.service.core import OPS, Batch, Wait
 from evotok.service.redis_protocol import DELIVER_LUA, GROUP, Keys, WorkItem
+from evotok.service.step import Answer, Scheduler, answers_of_batch, answers_of_dropped
 from evotok.service.worker.streams import REDIS_DOWN, Outcome, admit, deliver, flatten, text, with_deliveries
 
 log = logging.getLogger(__name__)
@@ -52,7 +44,6 @@ POLL_S = 0.002  # read interval while a batch waits for its delay to close
 @dataclass(frozen=True)
 class ConsumerOptions:
     name: str
-    policy: BatchPolicy
     claim_idle_ms: int
     max_deliveries: int
     block_ms: int = 50
@@ -62,10 +53,9 @@ class Consumer:
     """Reads, batches (with the core), runs and answers; ``run()`` blocks until ``stop()``."""
 
     def __init__(self, client: redis.Redis, keys: Keys, runtime: Runtime, opts: ConsumerOptions,
-                 times: RunTimes, watch: CallWatch) -> None:
+                 sched: Scheduler[WorkItem]) -> None:
         self.redis, self.keys, self.runtime, self.opts = client, keys, runtime, opts
-        self.times, self.watch = times, watch
-        self.entries: list[Entry[WorkItem]] = []
+        self.sched = sched
         self.batches_done = 0
         self.redis_ok = False
         self.need_setup = True
@@ -77,6 +67,11 @@ class Consumer:
         self._next_claim = 0.0
         self._claim_cursor: dict[str, str] = {}
         self._deliver = client.register_script(DELIVER_LUA)
+        self._running: tuple[str, int] = ("", 0)  # (op, items) of the batch in the runtime now
+
+    @property
+    def entries(self) -> list[Any]:
+        return self.sched.entries
 
     def stop(self) -> None:
         self._stop.set()
@@ -113,7 +108,7 @@ class Consumer:
                     metrics.REDIS_RECONNECTS.inc()
                 self.redis_ok, self.need_setup = False, True
                 metrics.WORKER_READY.set(0)
-                self.entries = []  # still pending in Redis: recovered on reconnect or reclaimed by peers
+                self.entries.clear()  # still pending in Redis: recovered on reconnect or reclaimed by peers
                 self._stop.wait(backoff)
                 backoff = min(0.25, backoff * 2)
                 if self._stop.is_set():
@@ -149,14 +144,14 @@ class Consumer:
 
     def _hold(self, raw: list[Any]) -> None:
         out = Outcome()
-        self.entries += admit(self.redis, self.keys, self.opts.name, raw, self.opts.max_deliveries, out)
+        self.entries.extend(admit(self.redis, self.keys, self.opts.name, raw, self.opts.max_deliveries, out))
         self.entries.sort(key=lambda e: e.enqueued)  # arrival order (reclaimed entries are older)
         deliver(self.redis, self._deliver, self.keys, out)
 
     def _read(self, block_s: float | None) -> None:
         """Read what fits (at most ``HOLD_BATCHES`` batches are held, so peers can take the rest): wait up to
         ``block_s`` (0: return at once; None: the idle block of ``block_ms``)."""
-        room = HOLD_BATCHES * self.opts.policy.largest_cap() - len(self.entries)
+        room = HOLD_BATCHES * self.sched.policy.largest_cap() - len(self.entries)
         if room <= 0:
             if block_s:
                 self._stop.wait(min(block_s, self.opts.block_ms / 1000))
@@ -175,57 +170,57 @@ class Consumer:
         draining = self._stop.is_set()
         if not draining:
             self._read(0.0)  # everything already queued takes part in this decision (as in process)
-        decided = next_batch(self.entries, self.opts.policy, self.now(), run_estimate_s=self.times.batch_s,
-                             draining=draining)
-        if isinstance(decided, Batch):
-            decided = self._recheck()  # cancel marks and the clock, fresh from Redis, decide for real
+        if isinstance(self.sched.peek(self.now(), draining=draining), Batch):
+            self._refresh_cancel_marks()  # a batch is due: cancel marks and the clock, fresh from Redis, decide
+        decided = self.sched.next(self.now(), draining=draining)
         out = Outcome()
-        take(self.entries, decided)
-        metrics.observe_dropped(decided.dropped, "worker")
-        for d in decided.dropped:
-            out.reply(d.entry.ref, d.reason, "client went away before inference" if d.reason == "cancelled"
-                      else "deadline passed (or would pass during inference) while queued")
+        self._reply(out, answers_of_dropped(decided.dropped))
         if isinstance(decided, Wait):
             deliver(self.redis, self._deliver, self.keys, out)
             if not draining:
                 self._read(None if decided.until is None else max(0.001, decided.until - self.now()))
             return
-        t0 = time.perf_counter()
-        metrics.observe_formed(decided, self.now())
         self._run(decided, out)
         deliver(self.redis, self._deliver, self.keys, out)
-        self.times.update(decided.op, time.perf_counter() - t0, len(decided.entries))
         self.batches_done += 1
         if self.on_batch is not None:
             self.on_batch()
 
-    def _recheck(self) -> Batch[WorkItem] | Wait[WorkItem]:
+    def publish_gauges(self) -> None:
+        """This worker's own items (held: ``lag``; in its running batch: ``pending``), at scrape time."""
+        now, held, running = self.now(), list(self.entries), self._running
+        for op in OPS:
+            metrics.QUEUE_ENTRIES.labels(op, "lag").set(sum(1 for e in held if e.op == op))
+            metrics.QUEUE_ENTRIES.labels(op, "pending").set(running[1] if running[0] == op else 0)
+            metrics.QUEUE_OLDEST_AGE.labels(op).set(self.sched.oldest_age_s(now, op))
+
+    def _refresh_cancel_marks(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
         for e in self.entries:
             pipe.exists(self.keys.cancel(e.ref.request_id))
         res = pipe.execute()
-        now = self._sync_clock(*res[0])
+        self._sync_clock(*res[0])
         for e, cancelled in zip(self.entries, res[1:], strict=True):
             e.cancelled = bool(cancelled)
-        return next_batch(self.entries, self.opts.policy, now, run_estimate_s=self.times.batch_s,
-                          draining=self._stop.is_set())
 
     def _run(self, batch: Batch[WorkItem], out: Outcome) -> None:
-        op, items = batch.op, [e.ref for e in batch.entries]
-        self.watch.begin()
+        self._running = (batch.op, len(batch.entries))
         try:
-            done = execute(self.runtime, op, [i.payload for i in items], cap=self.opts.policy.cap(op),
-                           bucket=bucket_of(batch.key))
+            done = self.sched.run(self.runtime, batch)
         finally:
-            self.watch.end()
-        if done.results is None:
-            log.error("%s batch of %d failed: %r", op, len(items), done.error)
-            for i in items:
-                out.reply(i, error_code(done.error or Exception()), f"inference failed: {type(done.error).__name__}")
-            return
-        for i, result in zip(items, done.results, strict=True):
-            out.reply(i, "ok", "", result)
+            self._running = ("", 0)
+        if not done.ok:
+            log.error("%s batch of %d failed: %r", batch.op, len(batch.entries), done.error)
+        self._reply(out, answers_of_batch(batch, done))
+
+    @staticmethod
+    def _reply(out: Outcome, answers: list[Answer[WorkItem]]) -> None:
+        for a in answers:
+            out.reply(a.entry.ref, a.code, a.message, a.result)
+            if a.code != "ok" or log.isEnabledFor(logging.DEBUG):
+                log.log(logging.INFO if a.code != "ok" else logging.DEBUG, "request %s: %s %s",
+                        a.entry.ref.request_id, a.code, a.message, extra={"request_id": a.entry.ref.request_id})
 
     def _maybe_autoclaim(self) -> None:
         """XAUTOCLAIM idle entries of dead or stuck consumers, one batch per call."""
@@ -233,12 +228,13 @@ class Consumer:
         if now < self._next_claim:
             return
         claimed, more = [], False
-        held = {e.ref.entry_id for e in self.entries}  # XAUTOCLAIM also returns our own entries held that long
+        self._touch_held()
+        held = {e.ref.entry_id for e in self.entries}
         for op in OPS:
             stream = self.keys.work(op)
             resp = self.redis.xautoclaim(stream, GROUP, self.opts.name, self.opts.claim_idle_ms,
                                          start_id=self._claim_cursor.get(stream, "0-0"),
-                                         count=self.opts.policy.largest_cap())
+                                         count=self.sched.policy.largest_cap())
             self._claim_cursor[stream] = nxt = text(resp[0])
             more = more or nxt != "0-0"
             claimed += [e for e in flatten([(stream, resp[1])], 2) if e.fields is not None and e.entry_id not in held]
@@ -249,3 +245,16 @@ class Consumer:
             self._hold(with_deliveries(self.redis, self.opts.name, claimed))
         if not more:
             self._next_claim = now + max(0.05, self.opts.claim_idle_ms / 2000)
+
+    def _touch_held(self) -> None:
+        """Reset the idle time of the entries this consumer holds (``XCLAIM <self> 0 ... JUSTID``: no delivery is
+        counted), so that XAUTOCLAIM, ours or a peer's, never takes an entry from a consumer that is turning."""
+        by_stream: dict[str, list[Any]] = {}
+        for e in self.entries:
+            by_stream.setdefault(e.ref.stream, []).append(e.ref.entry_id)
+        if not by_stream:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xclaim(stream, GROUP, self.opts.name, 0, ids, justid=True)
+        pipe.execute()

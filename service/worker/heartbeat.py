@@ -3,7 +3,9 @@ removal of dead consumers from the group.
 
 Every ``heartbeat_s`` (a failed beat is retried after 0.2 s): publish the per-op item/batch time estimates and
 then the heartbeat, in one pipeline and in that order (admission must never see a live worker without an
-estimate; a Redis restarted without persistence has lost both); refresh the queue gauges from XINFO. Every
+estimate; a Redis restarted without persistence has lost both); refresh the cluster-wide stream gauges
+(``evotok_stream_*``) from XINFO, but only while this worker holds the publisher lease (``P:gauges``, a key
+with a TTL of the liveness window: one worker publishes them, so N workers do not show N times the queue). Every
 beat also looks for dead consumers: a consumer of the group that owns no pending entries, has been idle longer
 than ``max(claim_idle, liveness window)`` and has no live heartbeat is removed (``XGROUP DELCONSUMER``), so a
 SIGKILLed worker's name does not stay in the group forever. A live worker whose name was removed by mistake
@@ -23,8 +25,9 @@ from typing import Any
 import redis
 
 from evotok.service import metrics
-from evotok.service.core import OPS, RunTimes
+from evotok.service.core import OPS
 from evotok.service.redis_protocol import GROUP, HEARTBEAT_LUA, Keys
+from evotok.service.step import RunTimes
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,22 @@ class Heartbeat:
                              int(c.get("idle", 0)))
         return removed
 
+    def holds_gauge_lease(self) -> bool:
+        """Take or keep the lease of the cluster-wide gauges (first come; lapses with its holder's heartbeats)."""
+        key = self.keys.gauge_lease
+        if self.redis.set(key, self.name, nx=True, px=self.window_ms):
+            return True
+        holder = self.redis.get(key)
+        if holder is not None and (holder.decode() if isinstance(holder, bytes) else str(holder)) == self.name:
+            self.redis.pexpire(key, self.window_ms)
+            return True
+        return False
+
     def refresh_gauges(self) -> None:
+        if not self.holds_gauge_lease():
+            for gauge in (metrics.STREAM_ENTRIES, metrics.STREAM_OLDEST_AGE, metrics.STREAM_BYTES):
+                gauge.clear()
+            return
         pipe = self.redis.pipeline(transaction=False)
         for op in OPS:
             pipe.xinfo_groups(self.keys.work(op))
@@ -131,12 +149,12 @@ class Heartbeat:
             if isinstance(groups, list):
                 for g in groups:
                     if g.get("name") in (GROUP, GROUP.encode()):
-                        metrics.QUEUE_ENTRIES.labels(op, "lag").set(int(g.get("lag") or 0))
-                        metrics.QUEUE_ENTRIES.labels(op, "pending").set(int(g.get("pending") or 0))
+                        metrics.STREAM_ENTRIES.labels(op, "lag").set(int(g.get("lag") or 0))
+                        metrics.STREAM_ENTRIES.labels(op, "pending").set(int(g.get("pending") or 0))
             age = 0.0
             if isinstance(first, list) and first:
                 eid = first[0][0]
                 eid = eid.decode() if isinstance(eid, bytes) else str(eid)
                 age = max(0.0, (now_ms - int(eid.split("-")[0])) / 1000)
-            metrics.QUEUE_OLDEST_AGE.labels(op).set(age)
-            metrics.QUEUE_BYTES.labels(op).set(int(used) if isinstance(used, (bytes, str, int)) and used else 0)
+            metrics.STREAM_OLDEST_AGE.labels(op).set(age)
+            metrics.STREAM_BYTES.labels(op).set(int(used) if isinstance(used, (bytes, str, int)) and used else 0)

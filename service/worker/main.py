@@ -1,7 +1,7 @@
-"""``evotok worker``: the process around a ``Consumer`` (design: serving-reference (e)).
+"""``evotok worker``: the process around a ``Consumer`` (design: docs/reference/serving-design.md section 3).
 
-Start-up: build the Runtime and prepare it (``runtime_setup``: warm-up, golden self-test, batch caps; the same
-code as the API process), seed the time estimates from that measurement, connect to Redis, start the heartbeat
+Start-up: ``startup.start_runtime`` (build, warm-up, golden self-test, batch caps, build_info, the seeded time
+estimates: the API process's path too) after ``startup.configure_logging`` (``EVOTOK_LOG_JSON``), connect to Redis, start the heartbeat
 thread and the side HTTP server (``/metrics``, ``/healthz``, ``/readyz`` on ``EVOTOK_WORKER_METRICS_PORT``),
 then run the consumer loop until SIGTERM/SIGINT. Shutdown: finish what the consumer holds, remove the
 heartbeat, leave the group if nothing is pending under this name, exit 0.
@@ -33,10 +33,12 @@ from redis.retry import Retry
 
 from evotok.export.fake import FakeRuntime, parse_cost_ms
 from evotok.service import metrics
-from evotok.service.core import OPS, CallWatch, RunTimes
+from evotok.service.core import OPS
 from evotok.service.redis_protocol import GROUP, Keys, connection_kwargs, liveness_window_ms, redis_url
-from evotok.service.runtime_setup import build_runtime, prepare_runtime
+from evotok.service.runtime_setup import build_runtime
 from evotok.service.settings import Settings, get_settings
+from evotok.service.startup import configure_logging, start_runtime
+from evotok.service.step import CallWatch, Scheduler
 from evotok.service.worker.consumer import Consumer, ConsumerOptions
 from evotok.service.worker.heartbeat import Heartbeat
 
@@ -71,6 +73,7 @@ def serve_http(consumer: Consumer, watch: CallWatch, settings: Settings, port: i
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 metrics.RUNTIME_CALL_AGE.set(watch.age_s())
+                consumer.publish_gauges()
                 body, ctype = metrics.render()
                 self._send(200, body, ctype)
             elif self.path == "/healthz":
@@ -111,26 +114,25 @@ def main(argv: list[str]) -> int:
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     if settings.runtime_lanes > 1:
         log.warning("EVOTOK_RUNTIME_LANES=%d: a worker runs one runtime call at a time; run more worker "
                     "processes for more lanes", settings.runtime_lanes)
     settings = worker_settings(settings)
 
-    t0 = time.perf_counter()
-    runtime = build_runtime(settings, args.fake_runtime, args.fake_delay_ms, parse_cost_ms(args.fake_cost_ms))
-    hang_file = os.environ.get("EVOTOK_TEST_FAKE_HANG_FILE")
-    if hang_file and isinstance(runtime, FakeRuntime):
-        runtime.hang_file = Path(hang_file)
-    metrics.ENGINE_LOAD.labels("runtime").set(time.perf_counter() - t0)
-    prepared = prepare_runtime(runtime, settings)
-    if not prepared.self_test.passed:
-        r = prepared.self_test
-        log.error("golden self-test failed: agreement %.4f < %.4f %s", r.agreement, r.threshold, r.details)
+    def factory() -> Any:
+        runtime = build_runtime(settings, args.fake_runtime, args.fake_delay_ms, parse_cost_ms(args.fake_cost_ms))
+        hang_file = os.environ.get("EVOTOK_TEST_FAKE_HANG_FILE")
+        if hang_file and isinstance(runtime, FakeRuntime):
+            runtime.hang_file = Path(hang_file)
+        return runtime
+
+    started = start_runtime(settings, factory)
+    if started.error is not None:
         return 1
-    times = RunTimes()
-    for op, seconds in prepared.batch_s().items():
-        times.seed(op, seconds, prepared.policy.cap(op))
+    runtime, prepared = started.runtime, started.prepared
+    watch = CallWatch(settings.runtime_hang_s)
+    sched: Scheduler[Any] = Scheduler(prepared.policy, "worker", started.times, watch)
 
     keys = Keys(settings.redis_prefix)
     block_ms = 50
@@ -138,13 +140,11 @@ def main(argv: list[str]) -> int:
     client = redis.Redis.from_url(
         redis_url(settings.redis_url, settings.redis_tls), retry=Retry(NoBackoff(), 0),
         **connection_kwargs(password, socket_timeout_s=max(5.0, block_ms / 1000 + 3.0), connect_timeout_s=2.0))
-    watch = CallWatch(settings.runtime_hang_s)
-    opts = ConsumerOptions(args.name, prepared.policy, settings.worker_claim_idle_ms,
-                           settings.worker_max_deliveries, block_ms)
-    consumer = Consumer(client, keys, runtime, opts, times, watch)
+    opts = ConsumerOptions(args.name, settings.worker_claim_idle_ms, settings.worker_max_deliveries, block_ms)
+    consumer = Consumer(client, keys, runtime, opts, sched)
     window_ms = liveness_window_ms(settings.worker_heartbeat_s, settings.worker_liveness_heartbeats)
     heartbeat = Heartbeat(client, keys, args.name, settings.worker_heartbeat_s, window_ms,
-                          settings.worker_claim_idle_ms, times, {op: prepared.policy.cap(op) for op in prepared.caps})
+                          settings.worker_claim_idle_ms, started.times, {op: prepared.policy.cap(op) for op in prepared.caps})
     heartbeat.batches = lambda: consumer.batches_done
     heartbeat.enabled = lambda: consumer.redis_ok and not consumer.stopping
     consumer.on_connect, consumer.on_batch = heartbeat.beat, heartbeat.publish_stats

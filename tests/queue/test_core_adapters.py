@@ -16,9 +16,9 @@ import pytest
 import redis
 
 from evotok.export.fake import FakeRuntime
-from evotok.service.core import CallWatch, RunTimes
 from evotok.service.inprocess import InProcessBatcher
 from evotok.service.redis_protocol import GROUP, Keys, pack_array
+from evotok.service.step import Scheduler
 from evotok.service.worker.consumer import Consumer, ConsumerOptions
 from tests.core.trace import ADAPTER_POLICY, ADAPTER_TRACE, Ran, payload, replay
 from tests.queue.queue_harness import RedisServer
@@ -73,8 +73,7 @@ def test_redis_adapter_runs_the_trace_like_the_core(redis_server: RedisServer, p
     client = redis.Redis(port=redis_server.port)
     for op in ("encode", "decode", "embed_image", "embed_codes"):
         client.xgroup_create(keys.work(op), GROUP, id="0", mkstream=True)
-    consumer = Consumer(client, keys, rt, ConsumerOptions("c1", ADAPTER_POLICY, 60_000, 3), RunTimes(),
-                        CallWatch(60.0))
+    consumer = Consumer(client, keys, rt, ConsumerOptions("c1", 60_000, 3), Scheduler(ADAPTER_POLICY, "worker"))
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
     try:
@@ -116,8 +115,8 @@ def test_worker_reads_ahead_by_its_cap_not_the_upper_bound(redis_server: RedisSe
         client.xadd(keys.work("encode"), {"rid": str(i), "reply": keys.reply("t"), "deadline_ms": now_ms + 60_000,
                                           "enq_ms": now_ms, "dtype": wire.dtype, "shape": wire.shape, "data": wire.data})
     policy = BatchPolicy(max_batch_size=16, max_queue_delay_s=0.0).with_caps(caps)  # type: ignore[arg-type]
-    consumer = Consumer(client, keys, RecordingRuntime(), ConsumerOptions("c1", policy, 60_000, 3), RunTimes(),
-                        CallWatch(60.0))
+    consumer = Consumer(client, keys, RecordingRuntime(), ConsumerOptions("c1", 60_000, 3),
+                        Scheduler(policy, "worker"))
     try:
         consumer._read(0.0)
         assert len(consumer.entries) == held

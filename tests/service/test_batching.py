@@ -226,16 +226,20 @@ def test_usable_cores_follow_a_container_cpu_limit(tmp_path) -> None:  # type: i
     assert usable_cores(tmp_path) == 1
 
 
-async def test_drain_past_its_timeout_answers_the_batch_still_running() -> None:
-    """A runtime call outlasting the drain: its caller gets NotReady (an answer, not silence) and drain returns."""
-    b, _rt = await _batcher(max_batch=1, delay_s=0.0, rt_delay=2.0)
+async def test_drain_past_its_timeout_answers_at_once_but_never_closes_a_runtime_inside_a_call() -> None:
+    """A runtime call outlasting the drain: its caller gets NotReady at the drain timeout (an answer, not
+    silence), and the Runtime is closed only after the call has returned."""
+    b, rt = await _batcher(max_batch=1, delay_s=0.0, rt_delay=2.0)
     stuck = asyncio.create_task(b.submit("encode", IMG, _deadline(10.0)))
     queued = asyncio.create_task(b.submit("encode", IMG, _deadline(10.0)))
     await asyncio.sleep(0.1)  # the first runs (2 s), the second waits for the only lane
     t0 = time.monotonic()
-    await b.drain(0.2)
-    assert time.monotonic() - t0 < 1.9  # did not wait for the call to finish
+    draining = asyncio.create_task(b.drain(0.2))
     for task in (stuck, queued):
         with pytest.raises(NotReady):
             await asyncio.wait_for(task, 1.0)
+    assert time.monotonic() - t0 < 1.0  # answered at the drain timeout, not when the call ends
+    assert not draining.done() and not rt.closed  # the call is still running: the runtime stays open
+    await asyncio.wait_for(draining, 5.0)
+    assert time.monotonic() - t0 >= 1.8 and rt.closed  # closed after the 2 s call returned
     assert not b.alive

@@ -6,9 +6,8 @@ from fastapi.testclient import TestClient
 
 from evotok.service import metrics
 from evotok.service.core import OP_TABLE, OPS
-from evotok.service.errors import ERROR_TABLE
+from evotok.service.errors import ERROR_TABLE, ClientGone
 from evotok.service.handlers import _HTTP_CODES
-from evotok.service.routes.common import ClientGone
 from tests.service.conftest import png_bytes
 from tests.service.fakes import ServiceFakeRuntime
 
