@@ -289,3 +289,13 @@ def test_hostile_grpc_messages(fake_server: OipServer) -> None:
             name="CODES", datatype="UINT16", shape=[1, G, G, 2],
             contents=service_pb2.InferTensorContents(uint_contents=[3] * (G * G * 2)))]), timeout=10)
         assert [o.name for o in ok.outputs] == ["PNG", "PIXELS"] and len(ok.raw_output_contents) == 2
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_load_generator(fake_server: OipServer, transport: str) -> None:
+    from evotok.service.oip.load import v2_load
+
+    target = fake_server.http_target if transport == "http" else fake_server.grpc_target
+    result = v2_load(target, transport, random_png(9), clients=4, duration_s=0.5, warmup=1)  # type: ignore[arg-type]
+    assert result.requests > 0 and result.errors == 0 and result.images_per_s > 0
+    assert 0 < result.p50_ms <= result.p95_ms
