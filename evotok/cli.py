@@ -5,14 +5,16 @@ Usage::
     evotok serve --host 127.0.0.1 --port 8000     # HTTP API (embedded batcher unless EVOTOK_QUEUE=redis)
     evotok worker                                 # Redis Streams inference worker
     evotok export --out DIR [--check] [--trt]     # ONNX (and TensorRT) engines + manifest
-    evotok train --preset evotok-small --out runs/small
+    evotok data                                   # offline photo set + split manifest
+    evotok train --recipe evotok-small --out runs/evotok-small --resume --export-weights DIR
+    evotok refit --weights DIR                    # closed-form pixel output bias (the colour cast)
     evotok eval --weights weights/evotok-small
     evotok convert official.pt --out weights/evotok-official
-    evotok data                                   # offline photo set + split manifest
+    evotok info weights/evotok-small              # config and content hash of a model folder
     evotok encode IMG... -o codes.npy [--server URL]
     evotok decode codes.npy -o out.png [--server URL]
     evotok tokenize SOURCE... --out DIR [--format npy|parquet|webdataset] [--engine local|torchrun|ray]
-    evotok bench {runtime,quantizer,service,queue}
+    evotok bench {service,runtime,quantizer,queue,tokenize}
 
 Each subcommand lives in its own area and owns its argument parsing (``main(argv) -> int``), so
 ``evotok encode`` never imports FastAPI and ``evotok serve`` never imports the training code.
@@ -37,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "encode": ("evotok.tools.codes_cli", "encode_main", "encode images to codes (.npy/.json)"),
     "decode": ("evotok.tools.codes_cli", "decode_main", "decode codes to a PNG"),
     "tokenize": ("evotok.tokenize", "main", "tokenize a folder, WebDataset or Parquet into code shards"),
-    "bench": ("evotok.bench", "main", "benchmarks (runtime, quantizer, service, queue)"),
+    "bench": ("evotok.bench", "main", "benchmarks (service, runtime, quantizer, queue, tokenize)"),
 }
 
 

@@ -302,6 +302,12 @@ def helps() -> None:
 # --- the checks ---------------------------------------------------------------------------------------------
 
 
+def test_top_level_help_names_every_benchmark() -> None:
+    """``evotok --help`` and ``evotok bench --help`` list the same benchmarks."""
+    line = next(ln for ln in help_text(()).splitlines() if ln.strip().startswith("bench "))
+    assert set(re.findall(r"[a-z]+", line.split("(", 1)[1])) == listed_names(help_text(("bench",))), line
+
+
 def test_docs_write_evotok_commands() -> None:
     """The extraction sees what it must (a silent parser would make the command test pass vacuously)."""
     assert len(ALL_COMMANDS) > 50
