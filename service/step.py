@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -78,23 +78,24 @@ class Answer(Generic[R]):
     result: Array | None = None
 
 
-def execute(runtime: Any, op: Op, payloads: Sequence[Array], *, cap: int, bucket: str) -> Executed:
+def execute(runtime: Any, op: Op, payloads: Sequence[Array], *, cap: int, bucket: str,
+            clock: Callable[[], float] = time.perf_counter) -> Executed:
     """Stack, check and run one batch, with timing and the batch metrics (``metrics.observe_batch``).
 
     Never raises for a failing batch: the error is returned, so the adapter fails only this batch's items.
     Runs on a lane thread (in process) or the worker's main thread, never on an event loop.
     """
     n = len(payloads)
-    t0 = time.perf_counter()
+    t0 = clock()
     try:
         batch = np.stack(payloads)
         OP_TABLE[op].check(batch, runtime.info)
         out = run_op(runtime, op, batch)
     except Exception as exc:
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         metrics.observe_batch(op, bucket, n, cap, dt, ok=False)
         return Executed(op, n, None, exc, dt)
-    dt = time.perf_counter() - t0
+    dt = clock() - t0
     metrics.observe_batch(op, bucket, n, cap, dt, ok=True)
     return Executed(op, n, out, None, dt)
 
@@ -187,6 +188,7 @@ class Scheduler(Generic[R]):
 
     Not thread-safe by itself: the in-process adapter calls ``next`` under its entry lock (``run`` needs none),
     the worker from its one loop thread. ``where`` labels the deadline counter (``queue`` in process, ``worker``).
+    ``clock`` times runtime calls (a simulation gives its own).
     """
 
     policy: BatchPolicy
@@ -194,6 +196,7 @@ class Scheduler(Generic[R]):
     times: RunTimes = field(default_factory=RunTimes)
     watch: CallWatch = field(default_factory=lambda: CallWatch(60.0))
     entries: list[Entry[R]] = field(default_factory=list)
+    clock: Callable[[], float] = time.perf_counter
 
     def next(self, now: float, *, draining: bool = False) -> Batch[R] | Wait[R]:
         """Decide (``core.next_batch``), take what was decided out of ``entries``, record it in the metrics."""
@@ -213,7 +216,7 @@ class Scheduler(Generic[R]):
         self.watch.begin()
         try:
             done = execute(runtime, batch.op, [payload_of(e) for e in batch.entries],
-                           cap=self.policy.cap(batch.op), bucket=bucket_of(batch.key))
+                           cap=self.policy.cap(batch.op), bucket=bucket_of(batch.key), clock=self.clock)
         finally:
             self.watch.end()
         self.times.record(done)
