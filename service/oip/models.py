@@ -173,7 +173,7 @@ async def _images(t: Tensor, state: ServiceState, info: ModelInfo, op: Op, param
     if resize not in RESIZE_MODES:
         raise InvalidInput(f"parameter 'resize' must be one of {', '.join(RESIZE_MODES)}, got {resize!r:.40}")
     blobs = _image_blobs(t, limit)
-    return await transport.decode_images(blobs, op, resize, _param_str(params, "background"))  # type: ignore[arg-type]
+    return await transport.decode_images(blobs, op, resize, _param_str(params, "background"))
 
 
 async def infer(state: ServiceState, info: ModelInfo, model: str, req: InferRequest,

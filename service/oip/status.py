@@ -80,4 +80,5 @@ def grpc_code_name(exc: ServiceError) -> str:
 def grpc_code(exc: ServiceError) -> grpc.StatusCode:
     import grpc
 
-    return getattr(grpc.StatusCode, grpc_code_name(exc))  # type: ignore[no-any-return]
+    code: grpc.StatusCode = getattr(grpc.StatusCode, grpc_code_name(exc))
+    return code
