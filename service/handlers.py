@@ -1,6 +1,6 @@
 """Exception handlers: every error leaves the app in the one JSON shape of ``errors.py``.
 
-``{"error": {"code": "...", "message": "...", "status": N}}`` for domain exceptions (status/code from
+``{"error": {"code": "...", "message": "...", "status": N, "request_id": "..."}}`` for domain exceptions (status/code from
 ERROR_TABLE), FastAPI's request validation errors (422 ``invalid_input``), Starlette HTTP errors (404
 ``not_found``, 405 ``method_not_allowed``, ...) and anything unexpected (500 ``internal``, logged, never a
 stack trace in the body). A client that hangs up while its request body is still being read (Starlette's
@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect
 
 from evotok.service import metrics
 from evotok.service.errors import ERROR_TABLE, ServiceError
+from evotok.service.request_context import HEADER, current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,18 @@ def endpoint_of_path(path: str) -> str:
 
 
 def error_body(status: int, code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "status": status}}
+    """The one error shape; inside a request ``error.request_id`` is the request's ``X-Request-ID``."""
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    rid = current_request_id()
+    if rid is not None:
+        error["request_id"] = rid
+    return {"error": error}
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    rid = current_request_id()
+    if rid is not None:  # also on answers sent outside RequestIdMiddleware (the 500 handler)
+        headers = {**(headers or {}), HEADER: rid}
     return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
 
 

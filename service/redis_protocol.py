@@ -16,7 +16,9 @@ Keys (``P`` = ``settings.redis_prefix``; write it as ``{evotok}`` to co-locate k
 ``P:dlq``                            dead letters (capped with MAXLEN ~; trimming is fine here)
 ==================================== ==============================================================
 
-Work entry fields (all bytes on the wire): ``rid`` request id, ``reply`` reply stream key,
+Work entry fields (all bytes on the wire): ``rid`` request id (internal, unique per admitted request: reply
+and cancel keys), ``xrid`` (``REQUEST_ID_FIELD``, optional) the HTTP request's ``X-Request-ID`` for the
+worker's logs (``service/request_context.py``; may repeat across requests), ``reply`` reply stream key,
 ``deadline_ms`` / ``enq_ms`` (Redis TIME, ms since epoch), ``dtype`` (numpy ``dtype.str``, one of
 ``ALLOWED_DTYPES``), ``shape`` (comma-separated ints), ``data`` (raw C-order bytes). No pickle anywhere:
 a payload is only ever rebuilt with ``np.frombuffer`` after its dtype and size are checked.
@@ -43,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from evotok.service.batcher import OPS, Op
+from evotok.service.request_context import valid_request_id
 
 GROUP = "workers"
 ALLOWED_DTYPES = frozenset({"|u1", "<u2", "<f4"})  # uint8 images, uint16 codes, float32 features
@@ -149,6 +152,10 @@ class WorkItem:
     nbytes: int
     payload: npt.NDArray[Any]
     deliveries: int = 1
+    http_request_id: str | None = None  # the ``xrid`` field: X-Request-ID of the HTTP request, for logs
+
+
+REQUEST_ID_FIELD = "xrid"
 
 
 def _text(fields: dict[bytes, bytes], name: str) -> str:
@@ -156,6 +163,11 @@ def _text(fields: dict[bytes, bytes], name: str) -> str:
     if value is None:
         raise ProtocolError(f"missing field {name!r}")
     return value.decode()
+
+
+def _request_id_field(fields: dict[bytes, bytes]) -> str | None:
+    value = fields.get(REQUEST_ID_FIELD.encode())
+    return value.decode("ascii") if value is not None and valid_request_id(value) else None
 
 
 def parse_work_entry(
@@ -176,6 +188,7 @@ def parse_work_entry(
             nbytes=len(data),
             payload=payload,
             deliveries=deliveries,
+            http_request_id=_request_id_field(fields),
         )
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, ProtocolError):

@@ -11,6 +11,9 @@ class ErrorDetail(BaseModel):
     code: str = Field(description="machine-readable, stable (see service/errors.py ERROR_TABLE)", examples=["queue_full"])
     message: str = Field(description="human-readable; may change", examples=["queue is full (256 items); retry later"])
     status: int = Field(description="the HTTP status again", examples=[429])
+    request_id: str | None = Field(None, description="the request's X-Request-ID (the client's, or one the "
+                                   "server made); also in the response header and the server's logs",
+                                   examples=["3f2b9c0e5d7a4e1f8a6b2c4d9e0f1a2b"])
 
 
 class ErrorResponse(BaseModel):

@@ -44,9 +44,11 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(settings: Settings) -> None:
     """Root logging for this process from the settings (replaces handlers set earlier)."""
+    from evotok.service.request_context import PlainFormatter, RequestIdLogFilter
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_json
-                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RequestIdLogFilter(default=None))  # a request's lines (API or worker) carry its id
+    handler.setFormatter(JsonFormatter() if settings.log_json else PlainFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
