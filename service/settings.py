@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API from a "
+                                    "browser (CORS; JSON list, e.g. [\"https://app.example\"]); empty = CORS off")
+    otlp_endpoint: str = Field("", description="OpenTelemetry OTLP/HTTP collector base URL (e.g. "
+                               "http://otel-collector:4318); empty = OTEL_EXPORTER_OTLP_ENDPOINT, and when both "
+                               "are empty tracing is off (needs the otel extra)")
 
     @field_validator("background")
     @classmethod
