@@ -29,7 +29,7 @@ WORKDIR /src
 COPY pyproject.toml constraints-cpu.txt deploy/docker/requirements.py ./
 # torch first from its own index (pinned by constraints-cpu.txt), then the rest from PyPI.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" -c constraints-cpu.txt torch \
- && python requirements.py pyproject.toml cpu,torch,images > requirements.txt \
+ && python requirements.py pyproject.toml cpu,torch,images,oip > requirements.txt \
  && pip install --no-cache-dir -c constraints-cpu.txt -r requirements.txt
 
 ############################################################################ GPU: dependencies
@@ -53,7 +53,7 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml constraints-cpu.txt deploy/docker/requirements.py ./
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" -c constraints-cpu.txt torch \
- && python requirements.py pyproject.toml gpu,torch,trt,images > requirements.txt \
+ && python requirements.py pyproject.toml gpu,torch,trt,images,oip > requirements.txt \
  && pip install --no-cache-dir --extra-index-url "${TRT_INDEX_URL}" -c constraints-cpu.txt -r requirements.txt
 
 ############################################################################ GPU: runtime
@@ -71,7 +71,11 @@ COPY evotok ./evotok
 COPY model ./model
 COPY export ./export
 COPY service ./service
-RUN pip install --no-cache-dir --no-deps /src \
+COPY bench ./bench
+# pyproject.toml maps weights/ into the package (the wheel's own copy of the model, docs/install.md); the image
+# keeps its model at $EVOTOK_WEIGHTS (below), so weights/ is empty here and the model is not in the image twice.
+RUN mkdir -p weights \
+ && pip install --no-cache-dir --no-deps /src \
  && python -m evotok.tools.check_env \
  && groupadd --gid 10001 evotok \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin evotok \
@@ -82,7 +86,7 @@ COPY --chmod=0755 deploy/docker/entrypoint.sh /usr/local/bin/evotok-entrypoint
 COPY deploy/docker/healthcheck.py /usr/local/lib/evotok/healthcheck.py
 WORKDIR /var/cache/evotok
 USER 10001:10001
-EXPOSE 8000 9100
+EXPOSE 8000 8001 9100
 # Long start period: the first start builds TensorRT engines into the cache volume.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=15m --retries=3 \
     CMD ["python", "/usr/local/lib/evotok/healthcheck.py"]
@@ -104,7 +108,11 @@ COPY evotok ./evotok
 COPY model ./model
 COPY export ./export
 COPY service ./service
-RUN pip install --no-cache-dir --no-deps /src \
+COPY bench ./bench
+# pyproject.toml maps weights/ into the package (the wheel's own copy of the model, docs/install.md); the image
+# keeps its model at $EVOTOK_WEIGHTS (below), so weights/ is empty here and the model is not in the image twice.
+RUN mkdir -p weights \
+ && pip install --no-cache-dir --no-deps /src \
  && python -m evotok.tools.check_env \
  && groupadd --gid 10001 evotok \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin evotok \
@@ -115,7 +123,7 @@ COPY --chmod=0755 deploy/docker/entrypoint.sh /usr/local/bin/evotok-entrypoint
 COPY deploy/docker/healthcheck.py /usr/local/lib/evotok/healthcheck.py
 WORKDIR /var/cache/evotok
 USER 10001:10001
-EXPOSE 8000 9100
+EXPOSE 8000 8001 9100
 HEALTHCHECK --interval=15s --timeout=5s --start-period=5m --retries=3 \
     CMD ["python", "/usr/local/lib/evotok/healthcheck.py"]
 ENTRYPOINT ["/usr/local/bin/evotok-entrypoint"]

@@ -17,11 +17,18 @@ exporter is the fallback if the legacy one is unavailable or fails, and can be f
 
 The folder is written to a temporary sibling and renamed into place, so readers never see a half-written
 folder, and ``ensure_exported`` serialises concurrent exporters with a file lock.
+
+A model folder may carry its own export in ``<weights>/onnx/`` (the shipped model does, so the wheel serves
+without torch; ``scripts/ship_engines.sh`` writes it). ``ensure_exported`` reads it in place, never writes
+there, and only when its manifest names these weights' hash and every graph file matches its recorded
+SHA-256; a stale one is ignored. Exporting needs torch (the ``torch`` extra): without it ``ensure_exported``
+raises ``ExporterUnavailableError``, whose message names the extra to install.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -39,6 +46,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "evotok-onnx/1"
 DEFAULT_OPSET = 17
+BUNDLED_EXPORT_DIR = "onnx"  # <weights>/onnx/: an export that ships with the model folder (read-only)
 Exporter = Literal["legacy", "dynamo"]
 HalfPrecision = Literal["fp16", "bf16"]
 
@@ -244,8 +252,47 @@ def is_current(folder: Path, weights_hash: str) -> bool:
     return all((folder / f).is_file() for f in files)
 
 
+class ExporterUnavailableError(RuntimeError):
+    """An ONNX export is needed but torch (the ``torch`` extra) is not installed; the message says what to do."""
+
+
+def bundled_export(weights_dir: Path | str, weights_hash: str) -> Path | None:
+    """``<weights>/onnx/`` when it is an export of exactly these weights: the manifest's weights hash is
+    ``weights_hash`` and every graph file has the SHA-256 the manifest records. Otherwise None (a stale or
+    altered folder is logged and never served)."""
+    folder = Path(weights_dir) / BUNDLED_EXPORT_DIR
+    if not (folder / MANIFEST_FILE).is_file():
+        return None
+    if not is_current(folder, weights_hash):
+        log.warning("%s is not an export of these weights (%s); ignoring it", folder, weights_hash[:12])
+        return None
+    manifest = read_manifest(folder)
+    for entry in manifest.graphs.values():
+        expected = {entry.file: entry.sha256} | {entry.variants[p]: s for p, s in entry.variant_sha256.items()}
+        for file, sha in expected.items():
+            if file_sha256(folder / file) != sha:
+                log.warning("%s: %s does not match its manifest; ignoring the bundled export", folder, file)
+                return None
+    return folder
+
+
+def require_exporter(weights_dir: Path | str, folder: Path) -> None:
+    """Raise ``ExporterUnavailableError`` unless torch and onnx can be imported (what ``export_onnx`` needs)."""
+    missing = [m for m in ("torch", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExporterUnavailableError(
+            f"no ONNX engines for the model at {weights_dir} (in {folder} or {Path(weights_dir) / BUNDLED_EXPORT_DIR}), "
+            f"and exporting them needs PyTorch ({', '.join(missing)} not installed). Install the export extra: "
+            "pip install 'evotok-serve[cpu,torch]' ([gpu,torch] on GPU hosts). On a machine without a GPU let pip "
+            "take torch's CPU build (--extra-index-url https://download.pytorch.org/whl/cpu, or "
+            "-c constraints-cpu.txt in a checkout); otherwise it pulls a multi-GB CUDA build. "
+            f"Then run `evotok export --weights {weights_dir}` or start again."
+        )
+
+
 def ensure_exported(weights_dir: Path | str, cache_dir: Path | str | None = None) -> Path:
-    """The export folder for ``weights_dir``, exporting first if it is missing or for other weights.
+    """The export folder for ``weights_dir``: the cache's, else the model folder's own ``onnx/`` export
+    (``bundled_export``), else the cache's after exporting (needs torch: ``ExporterUnavailableError``).
 
     Processes starting together (API replicas, workers) serialise on ``<folder>.lock`` (``flock``): the first
     exports, the others wait and then find the folder current.
@@ -258,6 +305,10 @@ def ensure_exported(weights_dir: Path | str, cache_dir: Path | str | None = None
     weights_hash = str(read_card(weights_dir)["hash"])
     if is_current(folder, weights_hash):
         return folder
+    bundled = bundled_export(weights_dir, weights_hash)
+    if bundled is not None:
+        return bundled
+    require_exporter(weights_dir, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default EVOTOK_PORT or 8000)")
     p.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"])
-    p.add_argument("--weights", help="model folder (default weights/evotok-small)")
+    p.add_argument("--weights", help="model folder (default EVOTOK_WEIGHTS, else the checkout's weights/evotok-small, "
+                                     "else the model inside the installed package)")
     p.add_argument("--queue", choices=["inprocess", "redis"])
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--max-queue-delay-ms", type=float)
