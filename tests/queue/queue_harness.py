@@ -134,6 +134,7 @@ def queue_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
         "EVOTOK_BATCH_CAP": "1024",  # fixed at EVOTOK_MAX_BATCH_SIZE: no per-size timing of slow fake runtimes
         "EVOTOK_MAX_QUEUE_DELAY_MS": "5",
         "EVOTOK_LOG_LEVEL": "warning",
+        "EVOTOK_GRPC_PORT": "0",  # several API processes on one host: no gRPC port to share
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)
