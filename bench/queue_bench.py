@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from evotok.tools.procs import RedisServer
 
 
 @dataclass
@@ -46,41 +49,13 @@ class Result:
     p95_ms: float
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Redis:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir, self.port = workdir, _free_port()
-        self.pid: int | None = None
-
-    def __enter__(self) -> _Redis:
-        import redis
-
-        pidfile = self.workdir / "redis.pid"
-        subprocess.run(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "yes",
-                        "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--pidfile", str(pidfile),
-                        "--logfile", str(self.workdir / "redis.log")], check=True)
-        client = redis.Redis(port=self.port)
-        for _ in range(500):
-            try:
-                if client.ping() and pidfile.exists() and pidfile.read_text().strip():
-                    self.pid = int(pidfile.read_text())
-                    break
-            except redis.ConnectionError:
-                pass
-            time.sleep(0.02)
-        client.close()
-        if self.pid is None:
-            raise RuntimeError("redis-server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pid is not None:
-            os.kill(self.pid, signal.SIGTERM)
+@contextlib.contextmanager
+def _redis(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir).start()
+    try:
+        yield server
+    finally:
+        server.stop(signal.SIGTERM)
 
 
 async def _drive(batcher: Any, payloads: list[np.ndarray], concurrency: int, warmup_s: float,
@@ -151,7 +126,7 @@ async def _redis(args: argparse.Namespace, payloads: list[np.ndarray], n_workers
     from evotok.service.redis_queue import RedisBatcher
     from evotok.service.settings import Settings
 
-    with tempfile.TemporaryDirectory(prefix="evotok-qbench-") as tmp, _Redis(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory(prefix="evotok-qbench-") as tmp, _redis(Path(tmp)) as server:
         url = f"redis://127.0.0.1:{server.port}/0"
         env = {**os.environ, "EVOTOK_REDIS_URL": url, "EVOTOK_MAX_BATCH_SIZE": str(args.max_batch_size),
                "EVOTOK_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms), "EVOTOK_LOG_LEVEL": "warning",

@@ -33,7 +33,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from evotok.export.fake import parse_cost_ms, write_fake_model_card
+from evotok.tools.procs import RedisServer, cpu_seconds, free_port, stop_process
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
@@ -93,36 +93,23 @@ def _serve(argv: list[str]) -> int:
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Servers:
     """The processes of one path/configuration (stopped by PID in ``stop``)."""
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.redis_pid: int | None = None
+        self.redis: RedisServer | None = None
         self.url = ""
         self.worker_metrics: list[str] = []  # the workers' metrics ports (Redis path: batches run there)
 
     def cpu_s(self) -> float:
-        total = 0.0
-        for proc in self.procs:
-            try:
-                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            except (OSError, IndexError, ValueError):
-                pass
-        return total
+        return sum(cpu_seconds(proc.pid) for proc in self.procs)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            _stop(proc)
-        if self.redis_pid is not None:
-            os.kill(self.redis_pid, signal.SIGTERM)
+            stop_process(proc, signal.SIGTERM, 30)
+        if self.redis is not None:
+            self.redis.stop(signal.SIGTERM)
 
 
 def _settings_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,7 +138,7 @@ def _env(args: argparse.Namespace, config: str) -> dict[str, str]:
                 "EVOTOK_BATCH_CAP": "auto" if config == "auto" else str(max_batch),
                 "EVOTOK_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms), "EVOTOK_BACKEND": args.backend,
                 "EVOTOK_WARMUP_BATCH_SIZES": json.dumps(sorted({1, max_batch})), "EVOTOK_MAX_QUEUE_SIZE": "1024",
-                "EVOTOK_LOG_LEVEL": "warning"})
+                "EVOTOK_LOG_LEVEL": "warning", "EVOTOK_GRPC_PORT": "0"})  # several servers: no shared gRPC port
     if args.weights:
         env["EVOTOK_WEIGHTS"] = args.weights
     if args.threads:
@@ -180,7 +167,7 @@ def _wait_ready(servers: Servers, url: str, timeout_s: float) -> None:
 def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> Servers:
     servers = Servers()
     env = _env(args, config)
-    port = _free_port()
+    port = free_port()
     servers.url = f"http://127.0.0.1:{port}"
     try:
         if path == "inprocess":
@@ -189,16 +176,9 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
                 cmd += ["--fake", "--fake-cost-ms", args.fake_cost_ms]
             servers.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env))
         else:
-            rport = _free_port()
             rdir = Path(tempfile.mkdtemp(dir=workdir))
-            subprocess.run(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--daemonize", "yes",
-                            "--save", "", "--appendonly", "no", "--dir", str(rdir), "--pidfile",
-                            str(rdir / "redis.pid"), "--logfile", str(rdir / "redis.log")], check=True)
-            for _ in range(500):
-                if (rdir / "redis.pid").exists() and (rdir / "redis.pid").read_text().strip():
-                    servers.redis_pid = int((rdir / "redis.pid").read_text())
-                    break
-                time.sleep(0.02)
+            servers.redis = RedisServer(rdir).start()
+            rport = servers.redis.port
             env.update({"EVOTOK_QUEUE": "redis", "EVOTOK_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
                         "EVOTOK_REDIS_MAX_ENTRIES": "4096"})
             if args.fake:
@@ -209,7 +189,7 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
 
                 env["EVOTOK_THREADS"] = str(threads_per_lane(workers))
             for i in range(workers):
-                metrics_port = str(_free_port())
+                metrics_port = str(free_port())
                 wcmd = [sys.executable, "-m", "evotok.cli", "worker", "--name", f"bench-w{i}", "--metrics-port",
                         metrics_port, "--metrics-host", "127.0.0.1"]
                 if args.fake:
@@ -224,15 +204,6 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
         servers.stop()
         raise
     return servers
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 # --- load generation -------------------------------------------------------------------------------------------

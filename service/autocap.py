@@ -1,8 +1,10 @@
 """Batching that pays for itself: the batch cap per op, chosen by measured throughput at warm-up.
 
 For each op, walking up the sizes ``b`` = 1, 2, 4, ... up to ``max_batch_size`` (and ``max_batch_size`` itself),
-time the served path of one batch (stacking ``b`` payloads and the warm runtime call, best of ``repeats``) and
-take its throughput ``b / t(b)``. The cap is the size of the highest throughput; the walk stops measuring at the
+time the served path: every runtime lane that will serve (``runtime_setup.resolve_lanes``) stacking ``b``
+payloads and calling the warm runtime, all at once, and take the throughput, items per second of wall time
+(best of ``repeats``). Timing one call alone would mislead on a CPU, where two lanes of batch 1 keep the cores
+busier than one lane of batch 2. The cap is the size of the highest throughput; the walk stops measuring at the
 first flat step, a size that does not raise throughput by more than ``min_gain`` (3% by default: measurement
 noise) over the best so far, so one lucky sample further up cannot set the cap, and warm-up does not time sizes
 that cannot pay. With the default queue delay of 0 a batch only forms from requests already waiting, so a larger
@@ -14,6 +16,7 @@ cap never makes a lone request wait: the throughput-best size is the right cap. 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,26 +68,44 @@ def flat_step(best_item_s: float, item_s: float, min_gain: float) -> bool:
 
 
 def measure(runtime: Any, max_batch_size: int, *, repeats: int = 3, min_gain: float = DEFAULT_MIN_GAIN,
-            ops: Sequence[Op] = OPS, sizes: Sequence[int] | None = None, warm: bool = True) -> dict[Op, CapChoice]:
-    """Time every op at each size up to its first flat step (best of ``repeats`` served-path batches, after one
-    untimed call when ``warm``) and choose each op's cap. ``sizes`` defaults to ``sizes_up_to(max_batch_size)``;
-    a single size fixes the cap."""
+            ops: Sequence[Op] = OPS, sizes: Sequence[int] | None = None, warm: bool = True,
+            lanes: int = 1) -> dict[Op, CapChoice]:
+    """Time every op at each size up to its first flat step and choose each op's cap. A size is timed as it is
+    served: ``lanes`` threads (the runtime lanes that will serve) each stacking ``b`` items and calling the
+    runtime, all at once; its per-item time is the wall time over the items done (best of ``repeats`` rounds,
+    after one untimed call per lane when ``warm``). ``sizes`` defaults to ``sizes_up_to(max_batch_size)``; a
+    single size fixes the cap."""
     out: dict[Op, CapChoice] = {}
     for op in ops:
         curve: dict[int, float] = {}
         best = float("inf")
+        item = OP_TABLE[op].example(runtime.info, 1)[0]
         for b in sizes or sizes_up_to(max_batch_size):
-            item = OP_TABLE[op].example(runtime.info, 1)[0]
-            if warm:
-                run_op(runtime, op, np.stack([item] * b))  # a shape the warm-up did not cover pays its first call
-            fastest = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                run_op(runtime, op, np.stack([item] * b))  # the served path: stack the items, run, one result each
-                fastest = min(fastest, time.perf_counter() - t0)
-            curve[b] = fastest / b
+            if warm:  # a shape the warm-up did not cover pays its first call here
+                _served(runtime, op, item, b, lanes, calls=1)
+            curve[b] = min(_served(runtime, op, item, b, lanes, calls=2) for _ in range(repeats))
             if len(curve) > 1 and flat_step(best, curve[b], min_gain):
                 break
             best = min(best, curve[b])
         out[op] = CapChoice(op, curve, choose_cap(curve, min_gain))
     return out
+
+
+def _served(runtime: Any, op: Op, item: Any, b: int, lanes: int, calls: int) -> float:
+    """Seconds per item when ``lanes`` threads each run ``calls`` batches of ``b`` (stack + runtime call) at once."""
+
+    def lane() -> None:
+        for _ in range(calls):
+            run_op(runtime, op, np.stack([item] * b))
+
+    if lanes <= 1:
+        t0 = time.perf_counter()
+        lane()
+        return (time.perf_counter() - t0) / (b * calls)
+    threads = [threading.Thread(target=lane) for _ in range(lanes)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (time.perf_counter() - t0) / (b * calls * lanes)

@@ -165,7 +165,8 @@ def prepare_runtime(runtime: Runtime, settings: Settings,
     t0 = time.perf_counter()
     auto = settings.batch_cap == "auto" and settings.max_batch_size > 1
     if auto:
-        caps = measure(runtime, settings.max_batch_size, repeats=3, min_gain=settings.batch_cap_min_gain)
+        caps = measure(runtime, settings.max_batch_size, repeats=3, min_gain=settings.batch_cap_min_gain,
+                       lanes=lanes)
     else:
         fixed = settings.max_batch_size if settings.batch_cap == "auto" else min(int(settings.batch_cap),
                                                                                  settings.max_batch_size)

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
+from evotok.tools.procs import free_port
+
+__all__ = ["free_port"]
+
 # The service's gRPC port (Open Inference Protocol) defaults to 8001, as Triton; apps and servers started by the
 # tests leave it off unless a test asks for a free port (tests/oip), so parallel runs never fight over 8001.
 os.environ["EVOTOK_GRPC_PORT"] = "0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

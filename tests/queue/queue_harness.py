@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,107 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
+from evotok.tools.procs import RedisServer, free_port, pid_alive, rss_bytes
+
+__all__ = ["RedisServer", "free_port", "pid_alive", "rss_bytes"]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass
-class RedisServer:
-    """``redis-server --daemonize yes`` without persistence, stopped by the PID in its pidfile."""
-
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    pid: int | None = None
-    extra: tuple[str, ...] = ()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.workdir / "redis.pid"
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.pidfile.unlink(missing_ok=True)
-        cmd = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--daemonize", "yes",
-            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-            "--pidfile", str(self.pidfile), "--logfile", str(self.workdir / "redis.log"), *self.extra,
-        ]
-        subprocess.run(cmd, check=True, timeout=timeout_s)
-        end = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        while True:
-            try:
-                if client.ping() and self.pidfile.exists():
-                    self.pid = int(self.pidfile.read_text().strip())
-                    client.close()
-                    return
-            except (redis.ConnectionError, ValueError):
-                pass
-            if time.monotonic() > end:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
-
-    def stop(self, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> None:
-        if self.pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, sig)
-        end = time.monotonic() + timeout_s
-        while _pid_alive(self.pid) and time.monotonic() < end:
-            time.sleep(0.01)
-        # the port must be free again before a restart on it
-        while time.monotonic() < end:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
-                    break
-            time.sleep(0.01)
-        self.pid = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-    def used_memory_peak(self) -> int:
-        c = self.client()
-        try:
-            return int(c.info("memory")["used_memory_peak"])
-        finally:
-            c.close()
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a live process (Linux /proc), 0 if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
 
 
 def queue_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:

@@ -95,7 +95,7 @@ def test_torchrun_two_processes_on_cpu(photo_dir: Path, tmp_path: Path) -> None:
 
 
 def _free_port() -> int:
-    from tests.conftest import free_port
+    from evotok.tools.procs import free_port
 
     return free_port()
 
