@@ -20,18 +20,20 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from evotok import __version__
 from evotok.export.runtime import Runtime
-from evotok.service import metrics
+from evotok.service import metrics, tracing
 from evotok.service.batcher import Batcher
 from evotok.service.handlers import install_handlers
 from evotok.service.inprocess import InProcessBatcher
 from evotok.service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from evotok.service.openapi_examples import install_model_examples
 from evotok.service.oip import grpc_server as oip_grpc
 from evotok.service.oip import http as oip_http
-from evotok.service.routes import decode, embed, encode, health, info, web
+from evotok.service.openapi_examples import install_model_examples
+from evotok.service.request_context import RequestIdMiddleware
+from evotok.service.routes import decode, docs_ui, embed, encode, health, info, web
 from evotok.service.runtime_setup import base_policy
 from evotok.service.schemas import ErrorResponse
 from evotok.service.settings import Settings, get_settings
@@ -98,10 +100,12 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from routes/docs_ui.py with the assets shipped (offline)
+        redoc_url=None,
     )
     app.state.evotok = state
     install_handlers(app)
-    for module in (encode, decode, embed, info, health, web):  # web: the page at / (service/static)
+    for module in (encode, decode, embed, info, health, web, docs_ui):  # web: the page at / (service/static)
         app.include_router(module.router)
     app.include_router(oip_http.router)  # Open Inference Protocol (KServe v2) HTTP: /v2/...
 
@@ -111,6 +115,11 @@ def create_app(
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
+    if settings.cors_origins:  # EVOTOK_CORS_ORIGINS; empty = no CORS headers, preflights get 405
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After"], max_age=600)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer echoes X-Request-ID
+    tracing.install(app, settings)  # OpenTelemetry when an OTLP endpoint is set (service/tracing.py)
     _register_error_schema(app)
     install_model_examples(app, state)  # /decode, /embed examples valid for the served model
     return app

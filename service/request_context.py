@@ -23,6 +23,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from evotok.service import tracing
+
 HEADER = "X-Request-ID"
 _HEADER_LOWER = HEADER.lower().encode("latin-1")
 SCOPE_KEY = "evotok.request_id"
@@ -89,6 +91,7 @@ class RequestIdMiddleware:
             await send(message)
 
         token = request_id.set(rid)
+        tracing.set_request_id(rid)
         await self.app(scope, receive, echoing_send)
         # Reset only after a normal return: after an exception the id stays set in this request's task, so the
         # 500 answer that Starlette's outer ServerErrorMiddleware sends (and its access line) still carry it.

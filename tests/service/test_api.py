@@ -160,10 +160,11 @@ def test_unexpected_exception_is_500_json(client: TestClient) -> None:
     async def boom() -> None:
         raise KeyError("secret internals")
 
-    r = client.get("/boom")
+    r = client.get("/boom", headers={"X-Request-ID": "boom-1"})
     assert r.status_code == 500
     assert r.json() == {"error": {"code": "internal", "message": "internal server error; the event was logged",
-                                  "status": 500}}
+                                  "status": 500, "request_id": "boom-1"}}
+    assert r.headers["x-request-id"] == "boom-1"
 
 
 def test_api_keys(app_client) -> None:  # type: ignore[no-untyped-def]
