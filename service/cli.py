@@ -120,9 +120,11 @@ def uvicorn_options(settings: Settings, importable: bool = False) -> dict[str, A
     protocol with the header timeout (``http_protocol.py``); ``docker-compose.yml`` and the Helm chart set the
     same ``EVOTOK_*`` variables."""
     from evotok.service.http_protocol import protocol_class
+    from evotok.service.request_context import uvicorn_log_config
 
     options: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": settings.log_level,
+        "log_config": uvicorn_log_config(),  # access lines end with request_id=<X-Request-ID>
         "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
         "limit_concurrency": settings.limit_concurrency,
         "timeout_keep_alive": settings.timeout_keep_alive_s,
