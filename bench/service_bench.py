@@ -66,6 +66,7 @@ class Level:
     mean_batch: float  # server-side mean batch size during this level
     client_cpu_s: float  # CPU seconds of the load generator (this process) during the level
     server_cpu_s: float  # CPU seconds of the server processes (API + worker) during the level
+    protocol: str = "rest"  # "rest" (POST /encode) | "v2-http" | "v2-grpc" (Open Inference Protocol, tritonclient)
 
 
 # --- the server subprocesses ------------------------------------------------------------------------------------
@@ -101,6 +102,7 @@ class Servers:
         self.redis: RedisServer | None = None
         self.url = ""
         self.worker_metrics: list[str] = []  # the workers' metrics ports (Redis path: batches run there)
+        self.grpc_port = 0  # the API's Open Inference Protocol gRPC port (0: off)
 
     def cpu_s(self) -> float:
         return sum(cpu_seconds(proc.pid) for proc in self.procs)
@@ -169,6 +171,9 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
     env = _env(args, config)
     port = free_port()
     servers.url = f"http://127.0.0.1:{port}"
+    if "v2-grpc" in args.protocols:
+        servers.grpc_port = free_port()
+        env["EVOTOK_GRPC_PORT"] = str(servers.grpc_port)
     try:
         if path == "inprocess":
             cmd = [sys.executable, str(HERE), "_serve", "--port", str(port)]
@@ -302,10 +307,24 @@ class _Pool:
     batch_count: float = 0.0
 
 
-def _round(args: argparse.Namespace, servers: Servers, c: int, body: bytes, pool: _Pool) -> None:
+def _load(args: argparse.Namespace, servers: Servers, c: int, body: bytes,
+          protocol: str) -> tuple[list[float], int, float]:
+    """One closed-loop load of ``c`` clients over ``protocol``: latencies (s), errors, elapsed seconds."""
+    if protocol == "rest":
+        return asyncio.run(_closed_loop(servers.url, body, c, args.duration, CONTENT_TYPES[args.input]))
+    from evotok.service.oip.load import v2_load
+
+    transport = "http" if protocol == "v2-http" else "grpc"
+    target = servers.url.removeprefix("http://") if transport == "http" else f"127.0.0.1:{servers.grpc_port}"
+    r = v2_load(target, transport, body, clients=c, duration_s=args.duration, warmup=1)
+    return list(r.latencies_s), r.errors, r.seconds
+
+
+def _round(args: argparse.Namespace, servers: Servers, c: int, body: bytes, pool: _Pool,
+           protocol: str = "rest") -> None:
     s0, n0 = _batch_stats(servers)
     cpu0, scpu0 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
-    lat, errors, elapsed = asyncio.run(_closed_loop(servers.url, body, c, args.duration, CONTENT_TYPES[args.input]))
+    lat, errors, elapsed = _load(args, servers, c, body, protocol)
     cpu1, scpu1 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
     s1, n1 = _batch_stats(servers)
     pool.latencies += lat
@@ -317,13 +336,13 @@ def _round(args: argparse.Namespace, servers: Servers, c: int, body: bytes, pool
     pool.batch_count += n1 - n0
 
 
-def _level(args: argparse.Namespace, path: str, config: str, c: int, pool: _Pool) -> Level:
+def _level(args: argparse.Namespace, path: str, config: str, c: int, pool: _Pool, protocol: str = "rest") -> Level:
     ms = np.array(pool.latencies) * 1000 if pool.latencies else np.array([float("nan")])
     level = Level(path, config, 1 if config == "off" else args.max_batch_size, c, len(pool.latencies), pool.errors,
                   pool.elapsed, len(pool.latencies) / pool.elapsed, float(np.percentile(ms, 50)),
                   float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
-                  pool.batch_sum / max(pool.batch_count, 1), pool.client_cpu_s, pool.server_cpu_s)
-    sys.stderr.write(f"[{path} {config}] c={c}: {level.throughput:.1f} img/s p95 {level.p95_ms:.1f} ms "
+                  pool.batch_sum / max(pool.batch_count, 1), pool.client_cpu_s, pool.server_cpu_s, protocol)
+    sys.stderr.write(f"[{path} {config} {protocol}] c={c}: {level.throughput:.1f} img/s p95 {level.p95_ms:.1f} ms "
                      f"mean batch {level.mean_batch:.2f} client cpu {level.client_cpu_s:.1f} s\n")
     return level
 
@@ -338,12 +357,13 @@ def _run_path(args: argparse.Namespace, path: str, body: bytes, workdir: Path) -
         for config in args.configs:
             servers[config] = _start(args, path, config, workdir)
             asyncio.run(_closed_loop(servers[config].url, body, 2, 1.0, CONTENT_TYPES[args.input]))  # warm connections and caches
+        runs = [(config, protocol) for config in args.configs for protocol in args.protocols]
         for c in args.concurrency:
-            pools = {config: _Pool([]) for config in args.configs}
+            pools = {run: _Pool([]) for run in runs}
             for _ in range(args.repeat):
-                for config in args.configs:
-                    _round(args, servers[config], c, body, pools[config])
-            out += [_level(args, path, config, c, pools[config]) for config in args.configs]
+                for config, protocol in runs:
+                    _round(args, servers[config], c, body, pools[(config, protocol)], protocol)
+            out += [_level(args, path, config, c, pools[(config, protocol)], protocol) for config, protocol in runs]
     finally:
         for srv in servers.values():
             srv.stop()
@@ -406,10 +426,12 @@ def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]
 
 
 def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespace) -> str:
-    rows = ["| path | batching | max batch | clients | img/s | p50 ms | p95 ms | p99 ms | mean batch | errors | "
-            "client CPU s | server CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for lv in sorted(levels, key=lambda lv: (args.paths.index(lv.path), args.configs.index(lv.config))):
-        rows.append(f"| {lv.path} | {lv.config} | {lv.max_batch_size} | {lv.concurrency} | {lv.throughput:.1f} | "
+    rows = ["| path | protocol | batching | max batch | clients | img/s | p50 ms | p95 ms | p99 ms | mean batch | "
+            "errors | client CPU s | server CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for lv in sorted(levels, key=lambda lv: (args.paths.index(lv.path), args.protocols.index(lv.protocol),
+                                             args.configs.index(lv.config))):
+        rows.append(f"| {lv.path} | {lv.protocol} | {lv.config} | {lv.max_batch_size} | {lv.concurrency} | "
+                    f"{lv.throughput:.1f} | "
                     f"{lv.p50_ms:.1f} | {lv.p95_ms:.1f} | {lv.p99_ms:.1f} | {lv.mean_batch:.2f} | {lv.errors} | "
                     f"{lv.client_cpu_s:.1f} | {lv.server_cpu_s:.1f} |")
     rows.append("")
@@ -422,6 +444,15 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
                    else "."))
     top = max(args.concurrency)
     ratios = []
+    for protocol in args.protocols[1:]:
+        for c in args.concurrency:
+            at = {lv.protocol: lv for lv in levels if lv.concurrency == c and lv.config == args.configs[0]
+                  and lv.path == args.paths[0]}
+            if protocol in at and args.protocols[0] in at:
+                a, b = at[protocol], at[args.protocols[0]]
+                rows.append(f"c={c}: {protocol}/{b.protocol} throughput {a.throughput / max(b.throughput, 1e-9):.2f}x, "
+                            f"p50 {a.p50_ms:.1f} vs {b.p50_ms:.1f} ms, p95 {a.p95_ms:.1f} vs {b.p95_ms:.1f} ms")
+    levels = [lv for lv in levels if lv.protocol == args.protocols[0]]  # batching comparisons: one protocol
     for path in args.paths:
         by = {lv.config: lv for lv in levels if lv.path == path and lv.concurrency == top}
         for cfg in args.configs:
@@ -437,6 +468,10 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
             if "auto" in at and "off" in at:
                 rows.append(f"{path} c={c}: auto/off throughput {at['auto'].throughput / max(at['off'].throughput, 1e-9):.2f}x, "
                             f"p95 {at['auto'].p95_ms / max(at['off'].p95_ms, 1e-9):.2f}x")
+            if {"auto", "off", "on"} <= set(at):
+                best = max(at["off"], at["on"], key=lambda lv: lv.throughput)
+                rows.append(f"{path} c={c}: auto/best of off and on ({best.config}) throughput "
+                            f"{at['auto'].throughput / max(best.throughput, 1e-9):.2f}x")
     rows.append(f"At {top} clients: " + "; ".join(ratios))
     return "\n".join(rows)
 
@@ -474,8 +509,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--fake-cost-ms", default="20,1", help="A,B: a batch of B items costs A + B*b ms")
     p.add_argument("--paths", type=lambda s: s.split(","), default=["inprocess"], help="inprocess,redis")
     p.add_argument("--configs", type=lambda s: s.split(","), default=["off", "auto"], help="off,on,auto")
+    p.add_argument("--protocols", type=lambda s: s.split(","), default=["rest"],
+                   help="rest,v2-http,v2-grpc: POST /encode, and the Open Inference Protocol over HTTP (binary "
+                        "tensors) and gRPC through tritonclient (the `oip` extra); image bodies only")
     p.add_argument("--json", type=Path, default=None, help="write all numbers here")
     args = p.parse_args(argv)
+    if set(args.protocols) - {"rest"} and args.input == "npy":
+        p.error("the v2 protocols send image files: use --input png or jpeg")
 
     size = 64 if args.fake else _model_size(args)
     body, crop = _photo_body(size, args.input)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -21,6 +22,7 @@ class ServiceState:
     phase: str = "starting"  # starting | loading | warming | self-test | ready | failed | draining
     startup_error: str | None = None
     details: dict[str, float] = field(default_factory=dict)  # load/warm-up/self-test seconds
+    decode_slots: asyncio.Semaphore | None = None  # images decoded at once (routes/common.py), made on first use
 
     def not_ready_reason(self) -> str | None:
         """None when requests can be served, else a sentence for 503 bodies and /readyz."""

@@ -22,28 +22,23 @@ repository, shared memory, statistics, trace) answer ``UNIMPLEMENTED``.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
-
 from evotok import __version__
+from evotok.service.auth import check_bearer
 from evotok.service.core import Op
 from evotok.service.errors import (
-    DeadlineExceeded,
-    Forbidden,
     InvalidInput,
     ServiceError,
-    Unauthorized,
 )
 from evotok.service.imaging import ResizeMode
 from evotok.service.oip import models
 from evotok.service.oip.status import grpc_code
 from evotok.service.oip.tensors import InferRequest, OutTensor, RequestedOutput, Tensor, check_shape
-from evotok.service.routes.common import TIMEOUT_HEADER, decode_images, timed
+from evotok.service.routes.common import decode_images, submit_items, timed
 from evotok.service.state import ServiceState
 
 if TYPE_CHECKING:
@@ -60,23 +55,12 @@ _CONTENTS_FIELD = {
 
 
 def check_api_key(metadata: Any, keys: list[Any]) -> None:
-    """``authorization: Bearer <key>`` from the call metadata against ``settings.api_keys`` (constant time);
-    the rule of ``auth.require_api_key``."""
-    if not keys:
-        return
+    """``authorization: Bearer <key>`` from the call metadata, by the rule of ``auth.check_bearer``."""
     header = ""
     for key, value in metadata or ():
         if key.lower() == "authorization":
             header = value if isinstance(value, str) else value.decode("latin1")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing bearer token: send the metadata 'authorization: Bearer <api key>'")
-    given = token.strip().encode()
-    ok = False
-    for k in keys:
-        ok |= hmac.compare_digest(given, k.get_secret_value().encode())
-    if not ok:
-        raise Forbidden("the API key is not valid")
+    check_bearer(header, keys, "the metadata 'authorization: Bearer <api key>'")
 
 
 def _param_value(p: Any) -> Any:
@@ -186,18 +170,14 @@ class Servicer:
         return self._response(msg, info.weights_hash, outs)
 
     def _transport(self, deadline: float) -> models.Transport:
-        state, app = self.state, self.app
+        state = self.state
         info = state.model_info()
 
         async def submit(op: Op, payloads: list[Any]) -> list[Any]:
             return await submit_items(state, op, payloads, deadline)
 
         async def images(blobs: list[bytes], op: Op, resize: ResizeMode, background: str | None) -> list[Any]:
-            # the app's decode bound and the remaining deadline, through the same helper as HTTP
-            left_ms = max(1.0, (deadline - time.monotonic()) * 1e3)
-            scope = {"type": "http", "app": app, "method": "POST", "path": "/grpc", "query_string": b"",
-                     "headers": [(TIMEOUT_HEADER.encode(), f"{left_ms:.3f}".encode())]}
-            return await decode_images(blobs, state, info, resize, op, Request(scope), background)
+            return await decode_images(blobs, state, info, resize, op, deadline, background)  # the HTTP path's
 
         async def output(op: Op, fn: Callable[[], Any]) -> Any:
             return await timed(op, info, fn)
@@ -212,25 +192,6 @@ class Servicer:
             raw_output_contents=[t.raw() for t in outs])
 
 
-async def submit_items(state: ServiceState, op: Op, payloads: list[Any], deadline: float) -> list[Any]:
-    """Each item to the batcher under ``deadline`` (they may share a batch); the first failure cancels the rest,
-    and so does the call's own cancellation (queued items are then skipped)."""
-    if time.monotonic() >= deadline:
-        raise DeadlineExceeded("the call's deadline passed before its items were queued")
-    tasks = [asyncio.ensure_future(state.batcher.submit(op, p, deadline)) for p in payloads]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        for t in tasks:
-            if not t.done():
-                t.cancel()
-    for t in tasks:
-        exc = t.exception() if t.done() and not t.cancelled() else None
-        if exc is not None:
-            raise exc
-    return [t.result() for t in tasks]
-
-
 async def start(app: FastAPI) -> grpc.aio.Server | None:
     """Start the gRPC server on ``EVOTOK_GRPC_PORT`` (None when it is 0)."""
     settings = app.state.evotok.settings
@@ -240,6 +201,10 @@ async def start(app: FastAPI) -> grpc.aio.Server | None:
         import grpc
         from tritonclient.grpc import service_pb2, service_pb2_grpc
     except ImportError as exc:
+        if "grpc_port" not in settings.model_fields_set:  # the default port: an install without the extra serves HTTP
+            log.warning("gRPC (Open Inference Protocol) is off: its packages are not installed (%s); install the "
+                        "`oip` extra to serve it on port %d", exc, settings.grpc_port)
+            return None
         raise RuntimeError(f"EVOTOK_GRPC_PORT={settings.grpc_port} but the gRPC stack is not installed ({exc}); "
                            "install the `oip` extra (grpcio, tritonclient[grpc]) or set EVOTOK_GRPC_PORT=0") from exc
 

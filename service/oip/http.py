@@ -34,7 +34,7 @@ from evotok.service.imaging import ResizeMode
 from evotok.service.oip import models
 from evotok.service.oip.status import http_error
 from evotok.service.oip.tensors import HEADER_LENGTH, http_response, parse_http
-from evotok.service.routes.common import decode_images, submit_all, timed
+from evotok.service.routes.common import deadline_for, decode_images, submit_all, timed
 from evotok.service.state import ServiceState, get_state
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def http_transport(state: ServiceState, request: Request, endpoint: str, limit_s
             raise DeadlineExceeded(f"the request's timeout parameter ({limit_s * 1e3:g} ms) passed") from None
 
     async def images(blobs: list[bytes], op: Op, resize: ResizeMode, background: str | None) -> list[Any]:
-        return await decode_images(blobs, state, info, resize, op, request, background)
+        return await decode_images(blobs, state, info, resize, op, deadline_for(state, request), background)
 
     async def output(op: Op, fn: Callable[[], Any]) -> Any:
         return await timed(op, info, fn)

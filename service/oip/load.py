@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -29,9 +29,10 @@ class LoadResult:
     images_per_s: float
     p50_ms: float
     p95_ms: float
+    latencies_s: tuple[float, ...] = field(default=(), repr=False)  # every answered request's latency
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "latencies_s"}
 
 
 def _client(transport: Transport, target: str, timeout_s: float) -> Any:
@@ -104,7 +105,7 @@ async def v2_load_async(target: str, transport: Transport, image: bytes, *, clie
         await client.close()
     ms = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
     return LoadResult(transport, clients, len(latencies), errors, seconds, len(latencies) / seconds,
-                      float(np.percentile(ms, 50)), float(np.percentile(ms, 95)))
+                      float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), tuple(latencies))
 
 
 def v2_load(target: str, transport: Transport, image: bytes, *, clients: int = 8, duration_s: float = 10.0,

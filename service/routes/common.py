@@ -218,12 +218,12 @@ def background_of(state: ServiceState, value: str | None) -> tuple[int, int, int
     return parse_background(value if value is not None else state.settings.background)
 
 
-def _decode_slots(request: Request, limit: int) -> asyncio.Semaphore:
-    """This app's bound on images decoded at once (each may hold a full-size decoded image)."""
-    slots: asyncio.Semaphore | None = getattr(request.app.state, "evotok_decode_slots", None)
-    if slots is None:
-        slots = request.app.state.evotok_decode_slots = asyncio.Semaphore(limit)
-    return slots
+def _decode_slots(state: ServiceState) -> asyncio.Semaphore:
+    """This app's bound on images decoded at once (each may hold a full-size decoded image), for every route
+    and transport (HTTP, gRPC)."""
+    if state.decode_slots is None:
+        state.decode_slots = asyncio.Semaphore(state.settings.max_concurrent_decodes)
+    return state.decode_slots
 
 
 async def _decode_within(fn: Callable[[], U8], slots: asyncio.Semaphore, deadline: float) -> U8:
@@ -243,10 +243,10 @@ async def _decode_within(fn: Callable[[], U8], slots: asyncio.Semaphore, deadlin
 
 
 async def decode_images(blobs: list[bytes], state: ServiceState, info: ModelInfo, resize: ResizeMode, op: Op,
-                        request: Request | None = None, background: str | None = None) -> list[U8]:
+                        deadline: float, background: str | None = None) -> list[U8]:
     """Bytes -> model inputs ``(S, S, 3)`` uint8 for ``op`` (``encode`` or ``embed_image``), in the thread pool,
-    at most ``max_concurrent_decodes`` at once per app, within the request's deadline (504 the moment it passes);
-    timed as the op's ``decode_input`` stage."""
+    at most ``max_concurrent_decodes`` at once per app, within ``deadline`` (``time.monotonic()``; 504 the moment
+    it passes); timed as the op's ``decode_input`` stage."""
     start = time.perf_counter()
     s = state.settings
     colour = background_of(state, background)
@@ -255,13 +255,8 @@ async def decode_images(blobs: list[bytes], state: ServiceState, info: ModelInfo
         return lambda: prepare_image(blob, info.image_size, resize, s.max_image_pixels,
                                      max_aspect_ratio=s.max_aspect_ratio, background=colour)
 
-    images = []
-    if request is None:
-        images = [await run_in_threadpool(prepare(blob)) for blob in blobs]
-    else:
-        deadline = deadline_for(state, request)
-        slots = _decode_slots(request, s.max_concurrent_decodes)
-        images = [await _decode_within(prepare(blob), slots, deadline) for blob in blobs]
+    slots = _decode_slots(state)
+    images = [await _decode_within(prepare(blob), slots, deadline) for blob in blobs]
     metrics.STAGE_DURATION.labels(op, "decode_input", op_bucket(op, info)).observe(time.perf_counter() - start)
     return images
 
@@ -291,30 +286,34 @@ async def until_disconnect(request: Request, work: Awaitable[T], endpoint: str) 
     raise ClientGone("client disconnected")
 
 
+async def submit_items(state: ServiceState, op: Op, payloads: list[npt.NDArray[Any]],
+                       deadline: float) -> list[npt.NDArray[Any]]:
+    """Each item to the batcher under one ``deadline`` (they may share a batch); the first failure cancels the
+    rest, and so does the caller's own cancellation (queued items are then skipped). Every transport uses it."""
+    remaining_s(deadline, "before its items were queued")
+    batcher = state.batcher
+    if len(payloads) == 1:  # the common case: no task of its own
+        return [await batcher.submit(op, payloads[0], deadline)]
+    tasks = [asyncio.ensure_future(batcher.submit(op, p, deadline)) for p in payloads]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:  # our own cancellation (client gone) or one item failed: the others are not needed
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+    for t in tasks:
+        exc = t.exception() if t.done() and not t.cancelled() else None
+        if exc is not None:
+            raise exc
+    return [t.result() for t in tasks]
+
+
 async def submit_all(
     state: ServiceState, request: Request, op: Op, payloads: list[npt.NDArray[Any]], endpoint: str
 ) -> list[npt.NDArray[Any]]:
-    """Submit each item to the batcher (they may share a batch) and wait for all, watching the client."""
-    deadline = deadline_for(state, request)
-    batcher = state.batcher
-
-    async def run() -> list[npt.NDArray[Any]]:
-        if len(payloads) == 1:  # the common case: no task of its own
-            return [await batcher.submit(op, payloads[0], deadline)]
-        tasks = [asyncio.ensure_future(batcher.submit(op, p, deadline)) for p in payloads]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:  # our own cancellation (client gone) or one item failed: the others are not needed
-            for t in tasks:
-                if not t.done():
-                    t.cancel()
-        for t in tasks:
-            exc = t.exception() if t.done() and not t.cancelled() else None
-            if exc is not None:
-                raise exc
-        return [t.result() for t in tasks]
-
-    return await until_disconnect(request, run(), endpoint)
+    """``submit_items`` under the request's deadline, watching the client (gone -> its items are skipped)."""
+    return await until_disconnect(request, submit_items(state, op, payloads, deadline_for(state, request)),
+                                  endpoint)
 
 
 async def timed(op: Op, info: ModelInfo, fn: Callable[[], T], inline: bool = False) -> T:

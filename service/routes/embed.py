@@ -18,6 +18,7 @@ from evotok.service.routes.common import (
     BACKGROUND_DOC,
     BINARY_SCHEMA,
     RAW_IMAGE_BODIES,
+    deadline_for,
     decode_images,
     media_type,
     model_card,
@@ -76,7 +77,8 @@ async def embed(
         blobs, batch_form = await read_images(request, state)
         if batch_form:
             raise InvalidInput("/embed takes one 'image' field; the batch form is only on /encode")
-        images = await decode_images(blobs, state, info, resize, "embed_image", request, background)
+        images = await decode_images(blobs, state, info, resize, "embed_image", deadline_for(state, request),
+                                     background)
         op: Op = "embed_image"
         (features,) = await submit_all(state, request, op, images, "embed")
         source, depth = "image", info.semantic_depth

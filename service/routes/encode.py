@@ -16,6 +16,7 @@ from evotok.service.routes.common import (
     BACKGROUND_DOC,
     BINARY_SCHEMA,
     RAW_IMAGE_BODIES,
+    deadline_for,
     decode_images,
     media_type,
     model_card,
@@ -94,7 +95,7 @@ async def encode(
         images, batch_form = await read_image_tensors(request, state, info)
     else:
         blobs, batch_form = await read_images(request, state)
-        images = await decode_images(blobs, state, info, resize, "encode", request, background)
+        images = await decode_images(blobs, state, info, resize, "encode", deadline_for(state, request), background)
     codes = await submit_all(state, request, "encode", images, "encode")
     d = depth or info.num_depths
     out = np.stack([c[..., :d] for c in codes]).astype(np.uint16)  # (B, h, w, d)
