@@ -1,9 +1,9 @@
 """``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) served from files that ship with the package: no CDN, no
 external font or favicon, so both work on an air-gapped cluster.
 
-The assets are vendored unmodified from npm into ``service/static/vendor/`` (``swagger-ui/``: swagger-ui-dist,
-Apache-2.0; ``redoc/``: redoc's standalone bundle, MIT; each folder keeps its LICENSE and a VERSION.txt that
-names the npm package and version). ``create_app`` turns FastAPI's CDN-backed ``docs_url``/``redoc_url`` off
+The assets are vendored from npm into ``service/static/vendor/`` (``swagger-ui/``: swagger-ui-dist, Apache-2.0,
+unmodified; ``redoc/``: redoc's standalone bundle, MIT, with its one CDN logo URL replaced; each folder keeps its
+LICENSE and a VERSION.txt that names the npm package, the version and any edit). ``create_app`` turns FastAPI's CDN-backed ``docs_url``/``redoc_url`` off
 and includes this router instead; the pages are FastAPI's own (``get_swagger_ui_html``, ``get_redoc_html``)
 with local URLs.
 """
