@@ -87,9 +87,14 @@ def _parse_encode(batched: bool) -> Callable[[httpx.Response, float], EncodeResu
 
 
 def encode(image: wire.ImageInput, depth: int | None, fmt: str) -> Call[EncodeResult]:
-    """One image as the raw request body."""
+    """One image as the raw request body with its sniffed content type; bytes that are no known image go as a
+    multipart ``image`` file instead, so the server judges the bytes (422 ``invalid_image``, as a local run)
+    rather than the content type (415)."""
     data, ctype = wire.image_bytes(image)
     accept = wire.NPY if fmt == "npy" else "application/json"
+    if ctype == wire.OCTET:
+        return Call("POST", "/encode", _parse_encode(False), params=_depth_params(depth),
+                    headers={"Accept": accept}, files=[("image", ("image", data, ctype))])
     return Call(
         "POST",
         "/encode",

@@ -1,6 +1,7 @@
 """Request bodies and response parsing shared by the sync and async clients (no I/O here).
 
-Image inputs accepted everywhere: a path, raw encoded bytes (PNG/JPEG/WebP, sent as they are), a PIL image
+Image inputs accepted everywhere: a path, raw encoded bytes (any container the server takes, sent as they are
+with the sniffed content type), a PIL image
 or an ``(H, W, 3)`` uint8 array (both sent as PNG). Codes travel as ``.npy`` (uint16, no pickle) or JSON
 nested lists ``[h][w][d]``.
 """
@@ -20,20 +21,22 @@ from evotok.client.errors import EvoTokError
 from evotok.client.types import ModelRef
 
 NPY = "application/x-npy"
+OCTET = "application/octet-stream"
 ImageInput = Union[str, "PathLike[str]", bytes, npt.NDArray[np.uint8], Any]  # Any: PIL.Image.Image
 
 
 def sniff_image_type(data: bytes) -> str:
-    """Content type from magic bytes; ``application/octet-stream`` if unknown (the server decides)."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return "application/octet-stream"
+    """Content type from magic bytes, by the server's own container table (``evotok.image_formats``):
+    PNG, JPEG, WebP, GIF, BMP, TIFF, AVIF, HEIC/HEIF, ICO. ``application/octet-stream`` for bytes that are no
+    known image; ``encode`` then uploads them as a multipart file, so the server sniffs them and answers
+    ``invalid_image`` (422) exactly as a local run records them, not 415 for the content type."""
+    from evotok.image_formats import FORMATS, sniff_format
+
+    name = sniff_format(data)
+    if name is None:
+        return OCTET
+    types = FORMATS[name].media_types
+    return types[0] if types else f"image/x-{name.lower()}"  # ICO: refused by the server as locally (415)
 
 
 def image_bytes(image: ImageInput) -> tuple[bytes, str]:

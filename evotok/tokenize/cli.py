@@ -160,6 +160,8 @@ def main(argv: list[str], backend_factory: BackendFactory | None = None) -> int:
         sys.stderr.write(f"evotok tokenize: {exc}\n")
         return 1
     prefix = f"rank {rank}/{world}" if report.engine == "torchrun" else report.engine
+    if args.server:  # the codes came from a server, not from a model in this process
+        prefix = f"server {args.server} ({prefix})"
     sys.stdout.write(f"{prefix}: {report.summary()}\n")
     return 0
 

@@ -255,8 +255,8 @@ def test_server_mode_killed_and_resumed(
         ]
         outs = [p.communicate(timeout=300) for p in ranks]
         assert [p.returncode for p in ranks] == [0, 0], outs
-        assert outs[0][0].startswith("rank 0/2:") and "wrote 2 shards" in outs[0][0]
-        assert outs[1][0].startswith("rank 1/2:") and "wrote 1 shards" in outs[1][0]
+        assert outs[0][0].startswith(f"server {server.url} (rank 0/2):") and "wrote 2 shards" in outs[0][0]
+        assert outs[1][0].startswith(f"server {server.url} (rank 1/2):") and "wrote 1 shards" in outs[1][0]
         assert snapshot(tmp_path / "ranks") == snapshot(tmp_path / "straight")
 
         # the server's shards equal the in-process run's codes, and decode back through the client
@@ -273,3 +273,49 @@ def test_server_mode_killed_and_resumed(
                     png = client.decode(codes[img["row"]])
                     assert png.image().size == (256, 256)
                     assert png.png == client.decode(direct).png
+
+
+def write_broken_set(root: Path) -> None:
+    """Broken files (and a few good ones in less common containers) for the failure-code comparison."""
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    photo = Image.fromarray(skimage.data.chelsea())
+    buf = io.BytesIO()
+    photo.save(buf, format="PNG")
+    (root / "garbage.png").write_bytes(bytes(range(256)) * 8)  # no known container
+    (root / "truncated.png").write_bytes(buf.getvalue()[:2000])  # a PNG cut short
+    (root / "notes.jpg").write_text("a text file named .jpg\n")
+    ico = io.BytesIO()
+    photo.resize((32, 32)).save(ico, format="ICO")
+    (root / "icon.png").write_bytes(ico.getvalue())  # a known container the server does not take (415)
+    photo.save(root / "good-bmp.bmp", format="BMP")
+    photo.save(root / "good-tiff.tif", format="TIFF")
+    photo.save(root / "good-gif.gif", format="GIF")
+
+
+def failure_codes(out: Path) -> dict[str, str]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {f["source"]: f["code"] for f in manifest["failures"]}
+
+
+@pytest.mark.e2e
+def test_same_failure_codes_locally_and_with_server(tmp_path: Path) -> None:
+    root = tmp_path / "broken"
+    write_broken_set(root)
+    run_local(root, tmp_path / "local")
+    local = failure_codes(tmp_path / "local")
+    assert local == {"garbage.png": "invalid_image", "truncated.png": "invalid_image",
+                     "notes.jpg": "invalid_image", "icon.png": "unsupported_media_type"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with running_server(tmp_path) as server:
+        res = subprocess.run(_cli(root, tmp_path / "server", server.url), env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert failure_codes(tmp_path / "server") == local
+    line = res.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"server {server.url} (local): 3 images, 4 failures"), line
+    assert not line.startswith("local:")
