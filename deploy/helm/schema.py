@@ -85,6 +85,10 @@ _IMAGE = _obj(
     },
     ["repository", "tag", "pullPolicy"],
 )
+_WORKER_IMAGE = _obj(
+    {**_IMAGE["properties"], "flavour": {"enum": ["cpu", "gpu"]}},
+    ["repository", "tag", "flavour", "pullPolicy"],
+)
 _RESOURCES = _obj({"requests": _MAP, "limits": _MAP})
 
 
@@ -143,7 +147,7 @@ def values_schema() -> dict[str, Any]:
                 ),
                 "worker": _obj(
                     {
-                        "image": _IMAGE,
+                        "image": _WORKER_IMAGE,
                         "replicas": _INT0,
                         "settings": override,
                         "gpus": _INT0,

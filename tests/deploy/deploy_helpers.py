@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "evotok"
 ENV_EXAMPLE = REPO / "deploy" / "evotok.env.example"
 ALL_FEATURES = Path(__file__).resolve().parent / "values-all-features.yaml"
+CPU_VALUES = CHART / "values-cpu.yaml"  # CPU-only Kubernetes (shipped with the chart)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -145,3 +146,13 @@ def render_chart(values: dict[str, Any] | None, values_name: str) -> Rendered:
 def all_features_values() -> dict[str, Any]:
     values: dict[str, Any] = yaml.safe_load(ALL_FEATURES.read_text(encoding="utf-8"))
     return values
+
+
+def cpu_values() -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load(CPU_VALUES.read_text(encoding="utf-8"))
+    return values
+
+
+def values_named(name: str) -> dict[str, Any] | None:
+    """The values of a named set: ``default`` (None: the chart's own), ``all-features``, ``cpu``."""
+    return {"default": lambda: None, "all-features": all_features_values, "cpu": cpu_values}[name]()

@@ -1,4 +1,4 @@
-"""The Helm chart lints (strict), renders with default and all-features values, and every manifest validates.
+"""The Helm chart lints (strict), renders with default, all-features and CPU values, and every manifest validates.
 
 Built-in kinds are validated by kubernetes-validate in strict mode (unknown fields are errors) against the
 oldest and newest Kubernetes versions the chart claims; the custom resources (KEDA, Prometheus Operator)
@@ -16,7 +16,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from tests.deploy.deploy_helpers import CHART, Rendered, all_features_values, render_chart
+from tests.deploy.deploy_helpers import CHART, Rendered, all_features_values, render_chart, values_named
 
 CRD_SCHEMAS = Path(__file__).resolve().parent / "crd_schemas"
 KUBE_VERSIONS = ("1.27.0", "1.37.0")  # Chart.yaml kubeVersion >=1.27 .. newest bundled schemas
@@ -42,16 +42,16 @@ def _validate(doc: dict[str, Any], version: str) -> None:
         jsonschema.Draft202012Validator(schema).validate(doc)
 
 
-@pytest.mark.parametrize("values_name", ["default", "all-features"])
+@pytest.mark.parametrize("values_name", ["default", "all-features", "cpu"])
 def test_chart_lints_strict(values_name: str) -> None:
-    values = all_features_values() if values_name == "all-features" else None
+    values = values_named(values_name)
     report = helm_python.lint(str(CHART), values, strict=True, kube_version="v1.30.0")
     assert report["errors"] == []
     # severity 1 = info ("icon is recommended" has no honest value here); warnings (2) and errors (3) fail
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
-@pytest.mark.parametrize("fixture", ["rendered_default", "rendered_all"])
+@pytest.mark.parametrize("fixture", ["rendered_default", "rendered_all", "rendered_cpu"])
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_every_manifest_validates(fixture: str, version: str, request: pytest.FixtureRequest) -> None:
     rendered: Rendered = request.getfixturevalue(fixture)

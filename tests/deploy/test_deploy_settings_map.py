@@ -134,3 +134,114 @@ def test_compose_env_parses_into_settings(files: tuple[str, ...], services: tupl
         {k: str(v) for k, v in cfg["services"]["api"]["environment"].items() if k.startswith("EVOTOK_")}
     )
     assert [k.get_secret_value() for k in api.api_keys] == ["change-me-to-a-long-random-token"]
+
+
+# --- one source of defaults: Settings -------------------------------------------------------------------------
+# A deployment file may differ from Settings' defaults only in these fields, each for the reason given; every
+# other value the compose files, the chart and the env example carry must equal the default (a changed default
+# in service/settings.py fails here until the deployment files follow).
+DEPLOYMENT_FIELDS = {
+    "weights": "the model's path inside the image",
+    "cache_dir": "the engine cache volume",
+    "queue": "API and workers are separate processes that talk through Redis",
+    "redis_url": "the deployment's Redis",
+    "redis_password": "a secret",
+    "api_keys": "a secret",
+    "host": "listen on the container/pod network, not loopback",
+    "log_json": "log collectors read JSON lines",
+}
+# What makes a GPU worker (compose `worker`, the chart's worker.settings): TensorRT fp16, whose codes agree
+# with the fp32 reference at 0.99 rather than bit for bit.
+GPU_WORKER_FIELDS = {"backend", "device", "precision", "self_test_threshold"}
+# The documented CPU layout (docker-compose.cpu.yml, values-cpu.yaml): one single-thread worker per core.
+CPU_WORKER_FIELDS = {"threads"}
+
+
+def _defaults() -> Settings:
+    return _settings_from_env({})
+
+
+def _drift(s: Settings, allowed: set[str]) -> dict[str, tuple[Any, Any]]:
+    """{field: (deployed, default)} for every field outside ``allowed`` that differs from the default."""
+    got, want = s.model_dump(), _defaults().model_dump()
+    return {k: (got[k], want[k]) for k in FIELDS - allowed if got[k] != want[k]}
+
+
+def _role_settings(rendered: Rendered, role: str) -> Settings:
+    import base64
+
+    secret = {k: base64.b64decode(v).decode() for k, v in rendered.find("Secret")["data"].items()}
+    return _settings_from_env({**rendered.find("ConfigMap", f"-{role}")["data"], **secret})
+
+
+def test_chart_defaults_are_settings_defaults(rendered_default: Rendered) -> None:
+    assert _drift(_role_settings(rendered_default, "api"), set(DEPLOYMENT_FIELDS)) == {}
+    worker = _role_settings(rendered_default, "worker")
+    assert _drift(worker, set(DEPLOYMENT_FIELDS) | GPU_WORKER_FIELDS) == {}
+    assert (worker.backend, worker.device, worker.precision) == ("tensorrt", "cuda", "fp16")
+
+
+def test_chart_cpu_values_follow_the_cpu_layout(rendered_cpu: Rendered) -> None:
+    assert _drift(_role_settings(rendered_cpu, "api"), set(DEPLOYMENT_FIELDS)) == {}
+    worker = _role_settings(rendered_cpu, "worker")
+    assert _drift(worker, set(DEPLOYMENT_FIELDS) | CPU_WORKER_FIELDS) == {}
+    assert (worker.backend, worker.device, worker.precision, worker.threads) == ("onnxruntime", "cpu", "fp32", 1)
+    pod = rendered_cpu.find("Deployment", "-worker")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "nvidia.com/gpu" not in str(container["resources"]) and not pod.get("nodeSelector")
+    assert container["resources"]["limits"]["cpu"] == "1"  # one core per single-thread worker
+
+
+def _compose_env(files: tuple[str, ...], service: str) -> Settings:
+    res = run_compose(["--profile", "multi-gpu", "config", "--format", "json"], env=env_example(), files=files)
+    assert res.returncode == 0, res.stderr
+    env = res.json()["services"][service]["environment"]
+    return _settings_from_env({k: str(v) for k, v in env.items() if k.startswith("EVOTOK_")})
+
+
+def test_compose_defaults_are_settings_defaults() -> None:
+    base = ("docker-compose.yml",)
+    assert _drift(_compose_env(base, "api"), set(DEPLOYMENT_FIELDS)) == {}
+    for name in ("worker", "worker-1"):
+        worker = _compose_env(base, name)
+        assert _drift(worker, set(DEPLOYMENT_FIELDS) | GPU_WORKER_FIELDS) == {}, name
+        assert (worker.backend, worker.device, worker.precision) == ("tensorrt", "cuda", "fp16")
+
+
+def test_cpu_compose_runs_single_thread_workers() -> None:
+    files = ("docker-compose.yml", "docker-compose.cpu.yml")
+    assert _drift(_compose_env(files, "api"), set(DEPLOYMENT_FIELDS)) == {}
+    worker = _compose_env(files, "worker")
+    assert _drift(worker, set(DEPLOYMENT_FIELDS) | CPU_WORKER_FIELDS) == {}
+    assert (worker.backend, worker.device, worker.threads) == ("onnxruntime", "cpu", 1)
+    res = run_compose(["config", "--format", "json"], env={**env_example(), "CPU_WORKERS": "4"}, files=files)
+    assert res.json()["services"]["worker"]["deploy"]["replicas"] == 4
+
+
+def test_env_example_shows_settings_defaults() -> None:
+    """Every commented ``# EVOTOK_X=value`` line of deploy/evotok.env.example is the default (GPU worker lines
+    aside), so the file never advertises a value the service does not use."""
+    shown = {}
+    for line in (REPO / "deploy" / "evotok.env.example").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^# (EVOTOK_[A-Z0-9_]+)=(\S*)", line)
+        if m:
+            shown[m.group(1)] = m.group(2)
+    assert len(shown) >= 15
+    defaults = _defaults().model_dump()
+    for env_name, value in shown.items():
+        field = env_name.removeprefix("EVOTOK_").lower()
+        if field in set(DEPLOYMENT_FIELDS) | GPU_WORKER_FIELDS:
+            continue
+        assert _settings_from_env({env_name: value}).model_dump()[field] == defaults[field], (env_name, value)
+
+
+def test_deployment_doc_defaults_table() -> None:
+    """docs/deployment.md's table of serving defaults (between the ``defaults`` markers) is Settings'."""
+    text = (REPO / "docs" / "deployment.md").read_text(encoding="utf-8")
+    block = text.split("<!-- defaults:start -->", 1)[1].split("<!-- defaults:end -->", 1)[0]
+    rows = re.findall(r"^\| `(EVOTOK_[A-Z0-9_]+)` \| `([^`]*)` \|", block, flags=re.M)
+    assert len(rows) >= 8
+    defaults = _defaults().model_dump()
+    for env_name, value in rows:
+        field = env_name.removeprefix("EVOTOK_").lower()
+        assert _settings_from_env({env_name: value}).model_dump()[field] == defaults[field], (env_name, value)
