@@ -1,6 +1,6 @@
 """The web page at ``/``: static HTML/JS/CSS from ``service/static`` (no build step), public API only.
 
-``router`` serves ``GET /`` (index.html) and ``GET /web/{app.js,app.css}``; app.py includes it. The page
+``router`` serves ``GET /`` (index.html) and ``GET /web/{app.js,app.css,sample.jpg}``; app.py includes it. The page
 itself calls ``GET /info``, ``POST /encode`` and ``POST /decode`` like any other client.
 """
 
@@ -15,6 +15,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "sample.jpg": "image/jpeg",  # the "try the sample" photo: scikit-image's coffee cup (CC0, Rachel Michetti)
 }
 
 router = APIRouter(include_in_schema=False)

@@ -1,4 +1,5 @@
 // EvoTok web page: plain JS over the public API (GET /info, POST /encode, POST /decode). No build step.
+// A built-in sample photo (GET /web/sample.jpg) can be tried with one click.
 // Codes from /encode JSON are nested lists [h][w][depth] (uint16 values); depth d = the first d codes per position.
 "use strict";
 
@@ -43,6 +44,10 @@ async function loadInfo() {
     `K=${info.codebook_size} · pixel depth ${info.pixel_depth} · ${info.backend}/${info.precision} · ` +
     `weights ${String(info.weights_hash).slice(0, 12)}`;
   drawCurve(info.semantic_by_depth || [], info.pixel_depth);
+  const patch = Math.round(info.image_size / info.grid);
+  $("grids-legend").dataset.grid = String(info.grid);
+  $("grids-legend").insertAdjacentText("beforeend", ` This model: ${info.grid}×${info.grid} tokens of ` +
+    `${patch}×${patch} pixels, ${info.num_depths} depths, ${info.codebook_size} codes per depth.`);
 }
 
 function drawCurve(values, pixelDepth) {
@@ -78,12 +83,27 @@ function drawCurve(values, pixelDepth) {
 // ---- one image ------------------------------------------------------------------------------------
 // The same geometry as the server: scale the shorter side to image_size, then take the centre square.
 async function drawOriginal(file, size) {
-  const bmp = await createImageBitmap(file);
-  const side = Math.min(bmp.width, bmp.height);
-  const sx = Math.floor((bmp.width - side) / 2), sy = Math.floor((bmp.height - side) / 2);
   const c = $("original");
   c.width = size; c.height = size;
-  c.getContext("2d").drawImage(bmp, sx, sy, side, side, 0, 0, size, size);
+  const ctx = c.getContext("2d");
+  let bmp;
+  try {
+    bmp = await createImageBitmap(file);
+  } catch (_) { // TIFF, HEIC, ...: the server reads them, this browser cannot preview them
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, size, size);
+    ctx.fillStyle = "#777"; ctx.font = "13px system-ui"; ctx.fillText("no preview of this format here", 12, size / 2);
+    return;
+  }
+  const side = Math.min(bmp.width, bmp.height);
+  const sx = Math.floor((bmp.width - side) / 2), sy = Math.floor((bmp.height - side) / 2);
+  ctx.drawImage(bmp, sx, sy, side, side, 0, 0, size, size);
+}
+
+// The image goes as a multipart file: the server sniffs the bytes, whatever type (if any) the browser gives.
+function imageForm(file) {
+  const form = new FormData();
+  form.append("image", file, file.name);
+  return form;
 }
 
 function prefix(codes, d) {
@@ -152,8 +172,8 @@ async function run(file) {
   const t0 = performance.now();
   const enc = await timed("/encode", {
     method: "POST",
-    headers: headers({ "Content-Type": file.type || "application/octet-stream", "Accept": "application/json" }),
-    body: file,
+    headers: headers({ "Accept": "application/json" }),
+    body: imageForm(file),
   });
   state.encodeJson = await enc.resp.text();
   const body = JSON.parse(state.encodeJson);
@@ -206,8 +226,8 @@ $("dl-npy").onclick = async () => {
   try {
     const { resp } = await timed("/encode", {
       method: "POST",
-      headers: headers({ "Content-Type": state.file.type || "application/octet-stream", "Accept": "application/x-npy" }),
-      body: state.file,
+      headers: headers({ "Accept": "application/x-npy" }),
+      body: imageForm(state.file),
     });
     save(await resp.blob(), `${stem()}.codes.npy`);
   } catch (e) { setStatus(String(e.message || e), "error"); }
@@ -222,6 +242,14 @@ function start(file) {
 }
 
 $("file").addEventListener("change", (e) => start(e.target.files[0]));
+// The built-in sample photo (service/static/sample.jpg), served by the page itself: one click, no upload.
+$("sample").addEventListener("click", async () => {
+  try {
+    const resp = await fetch("/web/sample.jpg");
+    if (!resp.ok) throw new Error(`sample photo: HTTP ${resp.status}`);
+    start(new File([await resp.blob()], "sample.jpg", { type: "image/jpeg" }));
+  } catch (e) { setStatus(String(e.message || e), "error"); }
+});
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));

@@ -179,3 +179,62 @@ def test_page_shows_api_errors(server: Server, browser: Any, tmp_path: Path) -> 
     page.wait_for_selector("#status[data-state='error']", timeout=30_000)
     assert "invalid_image" in page.inner_text("#status")
     page.close()
+
+
+SAMPLE = REPO / "service" / "static" / "sample.jpg"
+FORMATS = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff", "image/avif",
+           "image/heic")
+
+
+def test_sample_photo_and_legend(server: Server, browser: Any) -> None:
+    """One click on "try the sample" encodes the built-in photo (shipped, < 100 KB) and shows every view; the
+    legend under the code maps says what they are, with this model's numbers; the picker takes every format."""
+    assert SAMPLE.stat().st_size < 100_000
+    with Client(server.url) as client:
+        info = client.info()
+        api_codes = client.encode(SAMPLE).codes
+        api_png = client.decode(api_codes[..., : info.pixel_depth]).png
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_function("document.getElementById('model').textContent.includes('depths')", timeout=30_000)
+    accept = page.get_attribute("#file", "accept") or ""
+    assert all(t in accept.split(",") for t in FORMATS), accept
+    assert page.is_visible("#sample") and "sample" in page.inner_text("#sample").lower()
+
+    page.click("#sample")
+    page.wait_for_selector("#status[data-state='done']", timeout=120_000)
+    assert "sample.jpg" in page.inner_text("#status")
+    assert_rendered(page.eval_on_selector("#original", PIXEL_STATS), info.image_size)
+    assert base64.b64decode(page.eval_on_selector("#recon", BLOB_B64)) == api_png
+    assert len(page.query_selector_all("#grids canvas")) == info.num_depths
+
+    legend = page.inner_text("#grids-legend")
+    assert page.is_visible("#grids-legend")
+    for words in ("codebook index", "patch", "depth", "arbitrary",
+                  f"{info.grid}×{info.grid} tokens", f"{info.num_depths} depths", f"{info.codebook_size} codes"):
+        assert words in legend, (words, legend)
+    # the legend sits under the code maps
+    grids_box, legend_box = page.query_selector("#grids").bounding_box(), page.query_selector("#grids-legend").bounding_box()
+    assert grids_box and legend_box and legend_box["y"] >= grids_box["y"] + grids_box["height"] - 1
+    assert not errors, errors
+    page.close()
+
+
+def test_format_the_browser_cannot_preview(server: Server, browser: Any, tmp_path: Path) -> None:
+    """A TIFF (which Chromium cannot decode) is still encoded by the server; the preview says so."""
+    path = tmp_path / "chelsea.tif"
+    Image.fromarray(skimage.data.chelsea()).save(path, format="TIFF")
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_function("document.getElementById('model').textContent.includes('depths')", timeout=30_000)
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#status[data-state='done']", timeout=120_000)
+    assert "chelsea.tif" in page.inner_text("#status")
+    assert not errors, errors
+    page.close()
