@@ -8,7 +8,8 @@
   server span per request; ``/healthz``, ``/readyz`` and ``/metrics`` are not traced) and make ``span`` live.
   When off nothing is imported: the ``opentelemetry`` packages (extra ``otel``) are only needed with tracing.
 - ``span(name, **attributes)``: a child span of the current one (``queue_wait``, ``inference``, ...), a
-  no-op context manager while tracing is off. The X-Request-ID of the request is set on the request span as
+  no-op context manager while tracing is off; ``record(name, start_ns, end_ns, **attributes)`` the same for
+  work timed elsewhere (the runtime thread, a Redis worker), with ``time.time_ns()`` times. The X-Request-ID of the request is set on the request span as
   ``evotok.request_id``.
 """
 
@@ -52,6 +53,17 @@ def span(name: str, **attributes: Any) -> Iterator[Any]:
         return
     with tracer.start_as_current_span(name, attributes=attributes or None) as s:
         yield s
+
+
+def record(name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
+    """A finished child span of the current span with given wall-clock times (``time.time_ns()``): for work
+    that ran outside the request's task, e.g. the batch's runtime call on the runtime thread or in a worker,
+    recorded by the request once its answer arrives. Nothing while tracing is off."""
+    tracer = _tracer
+    if tracer is None:
+        return
+    s = tracer.start_span(name, start_time=start_ns, attributes=attributes or None)
+    s.end(end_time=max(start_ns, end_ns))
 
 
 def install(app: Any, settings: Settings, exporter: Any = None) -> bool:

@@ -225,6 +225,8 @@ def traced() -> Iterator[tuple[TestClient, object]]:
             pass
         with tracing.span("inference", op="encode", batch=1):
             pass
+        now = time.time_ns()
+        tracing.record("runtime_call", now - 5_000_000, now, batch=4)  # timed on another thread
         return {"ok": True}
 
     assert tracing.install(app, make_settings(), exporter=exporter)
@@ -248,6 +250,9 @@ def test_spans_for_request_queue_wait_and_inference(traced: tuple[TestClient, ob
         assert spans[name].parent is not None and spans[name].parent.span_id == server.context.span_id, name
         assert spans[name].context.trace_id == server.context.trace_id
     assert spans["inference"].attributes["batch"] == 1
+    recorded = spans["runtime_call"]
+    assert recorded.parent.span_id == server.context.span_id and recorded.attributes["batch"] == 4
+    assert recorded.end_time - recorded.start_time == 5_000_000
 
     exporter.clear()  # type: ignore[attr-defined]
     enc = client.post("/encode", content=png_bytes(), headers={**PNG, "X-Request-ID": "trace-2"})
