@@ -229,7 +229,7 @@ class Consumer:
             return
         claimed, more = [], False
         self._touch_held()
-        held = {e.ref.entry_id for e in self.entries}
+        held = {(e.ref.stream, e.ref.entry_id) for e in self.entries}  # ids repeat across the op streams
         for op in OPS:
             stream = self.keys.work(op)
             resp = self.redis.xautoclaim(stream, GROUP, self.opts.name, self.opts.claim_idle_ms,
@@ -237,7 +237,8 @@ class Consumer:
                                          count=self.sched.policy.largest_cap())
             self._claim_cursor[stream] = nxt = text(resp[0])
             more = more or nxt != "0-0"
-            claimed += [e for e in flatten([(stream, resp[1])], 2) if e.fields is not None and e.entry_id not in held]
+            claimed += [e for e in flatten([(stream, resp[1])], 2) if e.fields is not None
+                        and (e.stream, e.entry_id) not in held]
         if claimed:
             log.info("reclaimed %d idle entries", len(claimed))
             for e in claimed:

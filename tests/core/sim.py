@@ -826,14 +826,13 @@ class RedisModel(Model):
 
     def maybe_autoclaim(self, w: Worker) -> None:
         """``_maybe_autoclaim``: touch own held entries (XCLAIM JUSTID: idle reset, owner = self, no count), then
-        XAUTOCLAIM per stream (idle > claim_idle: owner = self, count + 1), skipping held ids."""
+        XAUTOCLAIM per stream (idle > claim_idle: owner = self, count + 1), skipping held (stream, id) pairs."""
         if self.sim.now < w.next_claim:
             return
         for e in w.sched.entries:
             p = self.redis.pel[e.op].get(e.ref.entry_id)
             if p is not None:
                 p.consumer, p.delivered_at = w.name, self.sim.now
-        held = {e.ref.entry_id for e in w.sched.entries}  # as Consumer._maybe_autoclaim keys it
         held_pairs = {(e.op, e.ref.entry_id) for e in w.sched.entries}
         claimed: list[RawEntry] = []
         more = False
@@ -846,10 +845,7 @@ class RedisModel(Model):
                 p.consumer, p.deliveries, p.delivered_at = w.name, p.deliveries + 1, self.sim.now
                 if (op, eid) in held_pairs:
                     self.problem(f"{w.name}'s XAUTOCLAIM counted a delivery of entry {eid} it holds itself")
-                elif eid in held:  # consumer.py compares entry ids only; ids repeat across streams
-                    self.problem(f"{w.name} claimed {op} entry {eid} (delivery {p.deliveries}) and left it unread: "
-                                 f"an entry of another stream it holds has the same id")
-                else:
+                else:  # held entries are keyed by (stream, id), as Consumer._maybe_autoclaim keys them
                     claimed.append(RawEntry(self.keys.work(op), eid, self.redis.streams[op][eid], p.deliveries))
         if claimed:
             self.hold(w, claimed)

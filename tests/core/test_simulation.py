@@ -131,13 +131,9 @@ def test_traces_exercise_the_faults() -> None:
         assert seen[key] > 0, (key, seen)
 
 
-@pytest.mark.xfail(reason="service/worker/consumer.py: _maybe_autoclaim skips claimed entries whose id equals a held "
-                          "entry's id in ANOTHER stream (ids repeat across the op streams): the claimed entry is left "
-                          "unread in this consumer's PEL with its delivery count raised (a false dead letter waits)",
-                   strict=False)
-def test_known_autoclaim_id_collision() -> None:
+def test_autoclaim_id_collision_across_streams() -> None:
     """Seed 2347 (found by running seeds 1000..3999): after a stall, entries of two ops land in the same ms with
-    equal ids; a worker holding one reclaims the other and drops it. When the consumer compares (stream, id),
-    make ``RedisModel.maybe_autoclaim`` do the same and this passes."""
+    equal ids; a worker holding one reclaims the other. The consumer keys what it holds by (stream, id), so the
+    reclaimed entry is read and run, not left pending with a raised delivery count (a false dead letter)."""
     _, problems = simulate("redis", make_trace(2347))
     assert not problems, problems
