@@ -5,13 +5,17 @@ Usage::
     evotok bench service                                     # shipped model, ONNX Runtime CPU, in process
     evotok bench service --configs off,auto --concurrency 1,2,4,8,16,32 --json bench.json
     evotok bench service --fake --fake-cost-ms 20,1 --paths inprocess,redis --configs off,on
+    evotok bench service --fake --fake-cost-ms 2,0.1 --frontends 1,2,auto --configs on --input jpeg
 
 Configurations: ``off`` (``EVOTOK_MAX_BATCH_SIZE=1``), ``on`` (the cap fixed at ``--max-batch-size``), ``auto``
 (``--max-batch-size`` as the upper bound, ``EVOTOK_BATCH_CAP=auto``: measured at warm-up). Paths: ``inprocess``
 (one uvicorn server holding the runtime) and ``redis`` (a private ``redis-server`` without persistence, one
 ``evotok worker`` process and a uvicorn API with ``EVOTOK_QUEUE=redis``), all started as subprocesses on free
 ports and stopped by PID. ``--fake`` serves ``FakeRuntime`` (64 px model card); ``--fake-cost-ms A,B`` makes a
-runtime call of ``B`` items cost ``A + B*b`` ms (GPU-like).
+runtime call of ``B`` items cost ``A + B*b`` ms (GPU-like). ``--frontends 1,2,auto`` replaces the paths by
+``evotok serve`` itself with ``EVOTOK_FRONTENDS`` = each value (1: today's single process; more: front-end
+processes and one runtime process, ``service/local/``); with ``--fake`` it serves ``EVOTOK_FAKE_COST_MS``, a
+FakeRuntime of the real model's size (256 px, 16x16x16 codes). Server CPU counts every process of the server.
 
 The load generator is this process (a minimal asyncio HTTP/1.1 client, closed loop, one keep-alive
 connection per client); every request posts the
@@ -44,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from evotok.export.fake import parse_cost_ms, write_fake_model_card
-from evotok.tools.procs import RedisServer, cpu_seconds, free_port, stop_process
+from evotok.tools.procs import RedisServer, free_port, stop_process, tree_cpu_seconds
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
@@ -105,7 +109,7 @@ class Servers:
         self.grpc_port = 0  # the API's Open Inference Protocol gRPC port (0: off)
 
     def cpu_s(self) -> float:
-        return sum(cpu_seconds(proc.pid) for proc in self.procs)
+        return sum(tree_cpu_seconds(proc.pid) for proc in self.procs)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -175,7 +179,15 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
         servers.grpc_port = free_port()
         env["EVOTOK_GRPC_PORT"] = str(servers.grpc_port)
     try:
-        if path == "inprocess":
+        if path.startswith("frontends="):  # `evotok serve` as deployed, with EVOTOK_FRONTENDS
+            value = path.split("=", 1)[1]
+            env["EVOTOK_FRONTENDS"] = "0" if value == "auto" else value
+            if args.fake:
+                env["EVOTOK_FAKE_COST_MS"] = args.fake_cost_ms
+            servers.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "evotok.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                 "--log-level", "warning"], cwd=REPO, env=env))
+        elif path == "inprocess":
             cmd = [sys.executable, str(HERE), "_serve", "--port", str(port)]
             if args.fake:
                 cmd += ["--fake", "--fake-cost-ms", args.fake_cost_ms]
@@ -472,6 +484,13 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
                 best = max(at["off"], at["on"], key=lambda lv: lv.throughput)
                 rows.append(f"{path} c={c}: auto/best of off and on ({best.config}) throughput "
                             f"{at['auto'].throughput / max(best.throughput, 1e-9):.2f}x")
+    one = [lv for lv in levels if lv.path == "frontends=1"]
+    for lv in levels:
+        if lv.path.startswith("frontends=") and lv.path != "frontends=1":
+            base = next((b for b in one if b.concurrency == lv.concurrency and b.config == lv.config), None)
+            if base is not None:
+                rows.append(f"c={lv.concurrency} {lv.config}: {lv.path} / frontends=1 throughput "
+                            f"{lv.throughput / max(base.throughput, 1e-9):.2f}x")
     rows.append(f"At {top} clients: " + "; ".join(ratios))
     return "\n".join(rows)
 
@@ -508,6 +527,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--fake", action="store_true", help="FakeRuntime with a sleep cost model (64 px model card)")
     p.add_argument("--fake-cost-ms", default="20,1", help="A,B: a batch of B items costs A + B*b ms")
     p.add_argument("--paths", type=lambda s: s.split(","), default=["inprocess"], help="inprocess,redis")
+    p.add_argument("--frontends", type=lambda s: s.split(","), default=None,
+                   help="1,2,auto: instead of --paths, `evotok serve` with each EVOTOK_FRONTENDS (front-end processes "
+                        "feeding one runtime process; 1 = the single process); --fake serves EVOTOK_FAKE_COST_MS")
     p.add_argument("--configs", type=lambda s: s.split(","), default=["off", "auto"], help="off,on,auto")
     p.add_argument("--protocols", type=lambda s: s.split(","), default=["rest"],
                    help="rest,v2-http,v2-grpc: POST /encode, and the Open Inference Protocol over HTTP (binary "
@@ -517,7 +539,9 @@ def main(argv: list[str]) -> int:
     if set(args.protocols) - {"rest"} and args.input == "npy":
         p.error("the v2 protocols send image files: use --input png or jpeg")
 
-    size = 64 if args.fake else _model_size(args)
+    if args.frontends:
+        args.paths = [f"frontends={v}" for v in args.frontends]
+    size = (256 if args.frontends else 64) if args.fake else _model_size(args)
     body, crop = _photo_body(size, args.input)
     levels: list[Level] = []
     with tempfile.TemporaryDirectory(prefix="evotok-bench-") as tmp:

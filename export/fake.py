@@ -20,6 +20,10 @@ import numpy.typing as npt
 from evotok.export.runtime import F32, U8, Codes, Runtime
 from evotok.export.types import ModelInfo, SelfTestResult
 
+# The shipped model's input and code sizes (256 px, 16x16 grid, 16 depths, 1024 codes): ``FakeRuntime(**REAL_SIZE)``
+# moves payloads and results of the real size (``EVOTOK_FAKE_COST_MS``, ``evotok bench service --frontends``).
+REAL_SIZE: dict[str, int] = {"image_size": 256, "grid": 16, "num_depths": 16, "codebook_size": 1024}
+
 
 class FakeRuntime(Runtime):
     def __init__(
@@ -83,7 +87,11 @@ class FakeRuntime(Runtime):
         b, size, _, _ = images.shape
         g, cell = self.info.grid, size // self.info.grid
         self._sleep(b)
-        means = images.reshape(b, g, cell, g, cell, 3).mean(axis=(2, 4)).sum(-1)  # (B, g, g) in [0, 765]
+        blocks = images.reshape(b, g, cell, g, cell, 3)
+        if (cell * cell) & (cell * cell - 1) == 0:  # a power-of-two cell area: integer sums, the same means, 10x faster
+            means = blocks.sum(axis=(2, 4, 5), dtype=np.uint32) / (cell * cell)  # (B, g, g) in [0, 765]
+        else:
+            means = blocks.mean(axis=(2, 4)).sum(-1)
         k = self.info.codebook_size
         depths = [((means * (d + 1) * 7.0).astype(np.int64) % k) for d in range(self.info.num_depths)]
         return np.stack(depths, axis=-1).astype(np.uint16)
@@ -116,14 +124,15 @@ def parse_cost_ms(value: str) -> tuple[float, float] | None:
     return a, b
 
 
-def write_fake_model_card(folder: Path) -> Path:
-    """A model folder with only ``config.json`` describing ``FakeRuntime()``'s shapes (an API in Redis mode
-    reads its model card there while its workers run the FakeRuntime); for tests and ``bench --fake``."""
+def write_fake_model_card(folder: Path, **sizes: int) -> Path:
+    """A model folder with only ``config.json`` describing ``FakeRuntime(**sizes)``'s shapes (an API in Redis
+    mode reads its model card there while its workers run the FakeRuntime); for tests and ``bench --fake``.
+    ``sizes``: ``FakeRuntime`` size arguments, e.g. ``**REAL_SIZE`` for a card of the real model's size."""
     import json
 
     from evotok.model.config import EvoTokConfig, PixelDecoderConfig, QuantizerConfig, SemanticDecoderConfig
 
-    info = FakeRuntime().info
+    info = FakeRuntime(**sizes).info  # type: ignore[arg-type]
     cfg = EvoTokConfig(
         name=info.name, image_size=info.image_size, grid=info.grid, latent_dim=8,
         quantizer=QuantizerConfig(num_depths=info.num_depths, codebook_size=info.codebook_size, dim=8),

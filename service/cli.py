@@ -8,7 +8,10 @@ Options given here are written to the matching ``EVOTOK_*`` variables, so uvicor
 build their app from the environment) see the same settings. With the ONNX Runtime backend and the
 in-process queue, missing engines are exported into the cache dir first
 (``evotok.export.onnx_export.ensure_exported``). With ``--workers N > 1`` metrics run in prometheus-client
-multiprocess mode (a fresh ``PROMETHEUS_MULTIPROC_DIR``).
+multiprocess mode (a fresh ``PROMETHEUS_MULTIPROC_DIR``). With ``EVOTOK_FRONTENDS`` > 1 (0 = auto: the usable cores
+when more than one) and the in-process queue, ``service/local/`` runs N front-end processes on the port and one
+runtime process (supervised, metrics in multiprocess mode as well). ``EVOTOK_FAKE_COST_MS=A,b`` serves a
+FakeRuntime of the real model's size (no model folder needed).
 """
 
 from __future__ import annotations
@@ -89,7 +92,12 @@ def serve_main(argv: list[str]) -> int:
 
     settings = Settings()
     configure_logging(settings)
-    if settings.queue == "inprocess":
+    frontends = 1
+    if settings.queue == "inprocess" and settings.workers == 1:
+        from evotok.service.local.supervisor import frontends_for
+
+        frontends = frontends_for(settings)  # EVOTOK_FRONTENDS (service/local/)
+    if settings.queue == "inprocess" and not settings.fake_cost_ms:
         if not (settings.weights / "config.json").exists():
             sys.stderr.write(f"evotok serve: no model at {settings.weights} (config.json missing); "
                              "set EVOTOK_WEIGHTS or --weights\n")
@@ -100,11 +108,15 @@ def serve_main(argv: list[str]) -> int:
     base = f"http://{settings.host}:{settings.port}"
     sys.stdout.write(
         f"EvoTok serving {settings.weights.name} ({settings.backend}, queue={settings.queue}, "
-        f"workers={settings.workers}) on {base}\n"
+        f"workers={settings.workers}, frontends={frontends}) on {base}\n"
         f"  web page:  {base}/\n  API docs:  {base}/docs\n  metrics:   {base}/metrics\n"
         f"  ready:     {base}/readyz   (503 until warm-up and the golden self-test pass)\n"
     )
     sys.stdout.flush()
+    if frontends > 1:  # front-end processes feeding one runtime process (service/local/)
+        from evotok.service.local.supervisor import serve_local
+
+        return serve_local(settings, frontends)
     if settings.workers > 1:
         _setup_multiprocess_metrics()
         run_uvicorn("evotok.service.app:create_app", settings, factory=True, workers=settings.workers)

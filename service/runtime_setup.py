@@ -100,6 +100,10 @@ def build_runtime(settings: Settings, fake: bool = False, fake_delay_ms: float =
         from evotok.export.fake import FakeRuntime
 
         return FakeRuntime(delay_s=fake_delay_ms / 1000, cost_ms=fake_cost_ms)
+    if settings.fake_cost_ms:  # EVOTOK_FAKE_COST_MS: a fake of the real model's size, for measuring the front end
+        from evotok.export.fake import REAL_SIZE, FakeRuntime, parse_cost_ms
+
+        return FakeRuntime(**REAL_SIZE, cost_ms=parse_cost_ms(settings.fake_cost_ms))  # type: ignore[arg-type]
     from evotok.export import runtime as runtime_module
 
     return runtime_module.load_runtime(settings.weights, settings.backend, **runtime_options(settings))

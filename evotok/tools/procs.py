@@ -6,7 +6,8 @@
   waits, then kills it.
 - ``RedisServer``: a private ``redis-server`` on a free port without persistence, stopped by the PID in its
   pidfile (never by name), restartable on the same port (fault-injection tests stop and restart it).
-- ``rss_bytes`` / ``cpu_seconds``: what ``/proc`` says of a PID (0 once it is gone).
+- ``rss_bytes`` / ``cpu_seconds``: what ``/proc`` says of a PID (0 once it is gone); ``child_pids`` /
+  ``tree_cpu_seconds``: its live children, and the CPU seconds of it and its live descendants.
 """
 
 from __future__ import annotations
@@ -60,6 +61,23 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid`` (Linux ``/proc/<pid>/task/*/children``), empty once it is gone."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out += [int(x) for x in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (children that exited are not counted)."""
+    return cpu_seconds(pid) + sum(tree_cpu_seconds(child) for child in child_pids(pid))
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
