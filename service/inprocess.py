@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from evotok.export.runtime import Runtime
-from evotok.service import admission, metrics
+from evotok.service import admission, metrics, tracing
 from evotok.service.batcher import Batcher, BatcherStats
 from evotok.service.core import OPS, Batch, BatchPolicy, CloseReason, Entry, Op, key_of
 from evotok.service.errors import DeadlineExceeded, NotReady, error_of_code
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_LANES = 64  # lane threads at most (EVOTOK_RUNTIME_LANES <= 64)
 Array = Any  # numpy arrays (see core.py for shapes)
-Fut = asyncio.Future[Array]
+Fut = asyncio.Future[Any]  # resolves to the entry's step.Answer
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class Item:
 
     payload: Array
     future: Fut
+    enqueued_ns: int = 0  # wall clock (time.time_ns()) at admission, for the queue_wait span
 
 
 @dataclass(frozen=True)
@@ -218,14 +219,19 @@ class InProcessBatcher(Batcher):
         if not decision.ok:
             raise admission.refusal(op, decision)
         future: Fut = asyncio.get_running_loop().create_future()
+        item = Item(payload, future, time.time_ns())
         with self._cond:
-            self.entries.append(Entry(key_of(op, payload), now, deadline, Item(payload, future)))
+            self.entries.append(Entry(key_of(op, payload), now, deadline, item))
             self._cond.notify()
         try:
-            return await asyncio.wait_for(future, timeout=deadline - now)
+            answer: Answer[Item] = await asyncio.wait_for(future, timeout=deadline - now)
         except TimeoutError:
             metrics.DEADLINE_EXCEEDED.labels(op, "api").inc()
             raise DeadlineExceeded(f"no result within the request deadline ({deadline - now:.3f} s)") from None
+        start_ns, end_ns = answer.ran_ns
+        tracing.record("queue_wait", item.enqueued_ns, start_ns, op=op)
+        tracing.record("inference", start_ns, end_ns, op=op, batch=answer.batch)
+        return answer.result
 
     def _backlog(self, op: Op) -> int:
         """The op's items admitted and not answered: queued and in the batches now running."""
@@ -302,6 +308,6 @@ class InProcessBatcher(Batcher):
             if fut.done():
                 continue
             if a.code == "ok":
-                fut.set_result(a.result)
+                fut.set_result(a)
             else:
                 fut.set_exception(error_of_code(a.code, a.message))

@@ -46,7 +46,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from evotok.export.types import ModelInfo
-from evotok.service import admission
+from evotok.service import admission, tracing
 from evotok.service.batcher import OPS, Batcher, BatcherStats, Op
 from evotok.service.errors import (
     BackendError,
@@ -58,6 +58,8 @@ from evotok.service.errors import (
 )
 from evotok.service.redis_protocol import (
     ADMIT_LUA,
+    GROUP,
+    REQUEST_ID_FIELD,
     Keys,
     ProtocolError,
     Reply,
@@ -67,6 +69,7 @@ from evotok.service.redis_protocol import (
     parse_reply,
     redis_url,
 )
+from evotok.service.request_context import current_request_id
 from evotok.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ class RedisBatcher(Batcher):
         self.lost_on_outage = 0  # waiting requests failed because Redis restarted and lost their entries
         self.reply_reconnects = 0  # reply-reader reconnections (waiting requests kept waiting)
         self._run_id: str | None = None  # the Redis server instance the entries were written to
+        self._groups_ok = False  # work streams and the workers group exist (created at start / after an outage)
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def _client(self, socket_timeout_s: float) -> aredis.Redis:
@@ -196,7 +200,8 @@ class RedisBatcher(Batcher):
         try:
             await self._admit_entry(op, rid, wire.dtype, wire.shape, wire.data, remaining_ms)
             try:
-                reply = await asyncio.wait_for(fut, timeout=max(0.0, deadline - time.monotonic()))
+                with tracing.span("queue_wait", op=op, via="redis"):  # queueing and the worker's inference
+                    reply = await asyncio.wait_for(fut, timeout=max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 self._mark_cancelled(rid, 1000)
                 raise DeadlineExceeded("no result before the request deadline") from None
@@ -222,7 +227,8 @@ class RedisBatcher(Batcher):
         s = self.settings
         keys = [self.keys.work(op), self.keys.bytes(op), self.keys.workers, self.keys.stats(op)]
         args: list[Any] = [s.redis_max_entries, s.redis_max_bytes, self._window_ms, remaining_ms, len(data),
-                           "rid", rid, "reply", self.reply_key, "dtype", dtype, "shape", shape, "data", data]
+                           "rid", rid, "reply", self.reply_key, "dtype", dtype, "shape", shape, "data", data,
+                           REQUEST_ID_FIELD, current_request_id() or ""]
         try:
             res = await asyncio.wait_for(self._admit_retrying_stale(keys, args), timeout=remaining_ms / 1000)
         except asyncio.CancelledError:  # the client went away while the entry may be being written
@@ -339,6 +345,18 @@ class RedisBatcher(Batcher):
                 self.lost_on_outage += 1
                 fut.set_exception(NotReady("the queue restarted and lost this request; retry", retry_after_s=1.0))
 
+    async def _ensure_groups(self) -> None:
+        """Create the work streams and the ``workers`` group (``XGROUP CREATE ... MKSTREAM``; one that exists is
+        left alone), so that queue lag exists for an autoscaler before any worker has ever started."""
+        assert self._redis is not None
+        for op in OPS:
+            try:
+                await self._redis.xgroup_create(self.keys.work(op), GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ok = True
+
     async def _monitor_loop(self) -> None:
         """Refresh live-worker count, queue depth (``stats()``: readiness, queue gauges) and the live workers'
         batch caps (``batch_caps()``: /info)."""
@@ -346,6 +364,8 @@ class RedisBatcher(Batcher):
         period = max(0.2, min(1.0, self.settings.worker_heartbeat_s / 2))
         while True:
             try:
+                if not self._groups_ok:
+                    await self._ensure_groups()
                 pipe = self._redis.pipeline(transaction=False)
                 pipe.time()
                 for op in OPS:
@@ -369,7 +389,7 @@ class RedisBatcher(Batcher):
             except asyncio.CancelledError:
                 raise
             except REDIS_DOWN:
-                self._redis_ok = False
+                self._redis_ok = self._groups_ok = False  # a Redis restarted without persistence lost the groups
             except Exception:
                 log.exception("queue monitor error; continuing")
             await asyncio.sleep(period)

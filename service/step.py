@@ -61,6 +61,7 @@ class Executed:
     results: Array | None
     error: BaseException | None
     runtime_s: float
+    ran_ns: tuple[int, int] = (0, 0)  # wall-clock start and end (time.time_ns()), for tracing
 
     @property
     def ok(self) -> bool:
@@ -70,12 +71,15 @@ class Executed:
 @dataclass(frozen=True)
 class Answer(Generic[R]):
     """What one entry is answered: ``code`` ``ok`` with its ``result`` (one item), or an error code of
-    ``errors.py`` with a message."""
+    ``errors.py`` with a message; ``ran_ns`` and ``batch`` say when its runtime call ran and how many items it had
+    (zero for entries dropped before running)."""
 
     entry: Entry[R]
     code: str
     message: str = ""
     result: Array | None = None
+    ran_ns: tuple[int, int] = (0, 0)
+    batch: int = 0
 
 
 def execute(runtime: Any, op: Op, payloads: Sequence[Array], *, cap: int, bucket: str,
@@ -86,7 +90,7 @@ def execute(runtime: Any, op: Op, payloads: Sequence[Array], *, cap: int, bucket
     Runs on a lane thread (in process) or the worker's main thread, never on an event loop.
     """
     n = len(payloads)
-    t0 = clock()
+    t0, wall0 = clock(), time.time_ns()
     try:
         batch = np.stack(payloads)
         OP_TABLE[op].check(batch, runtime.info)
@@ -94,10 +98,10 @@ def execute(runtime: Any, op: Op, payloads: Sequence[Array], *, cap: int, bucket
     except Exception as exc:
         dt = clock() - t0
         metrics.observe_batch(op, bucket, n, cap, dt, ok=False)
-        return Executed(op, n, None, exc, dt)
+        return Executed(op, n, None, exc, dt, (wall0, time.time_ns()))
     dt = clock() - t0
     metrics.observe_batch(op, bucket, n, cap, dt, ok=True)
-    return Executed(op, n, out, None, dt)
+    return Executed(op, n, out, None, dt, (wall0, time.time_ns()))
 
 
 def error_answer(exc: BaseException) -> tuple[str, str]:
@@ -120,7 +124,7 @@ def answers_of_batch(batch: Batch[R], done: Executed) -> list[Answer[R]]:
     if done.results is None:
         code, message = error_answer(done.error or RuntimeError("no result"))
         return [Answer(e, code, message) for e in batch.entries]
-    return [Answer(e, "ok", "", r) for e, r in zip(batch.entries, done.results, strict=True)]
+    return [Answer(e, "ok", "", r, done.ran_ns, done.size) for e, r in zip(batch.entries, done.results, strict=True)]
 
 
 class RunTimes:

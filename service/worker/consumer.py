@@ -219,8 +219,9 @@ class Consumer:
         for a in answers:
             out.reply(a.entry.ref, a.code, a.message, a.result)
             if a.code != "ok" or log.isEnabledFor(logging.DEBUG):
-                log.log(logging.INFO if a.code != "ok" else logging.DEBUG, "request %s: %s %s",
-                        a.entry.ref.request_id, a.code, a.message, extra={"request_id": a.entry.ref.request_id})
+                rid = a.entry.ref.http_request_id or a.entry.ref.request_id  # the client's X-Request-ID when sent
+                log.log(logging.INFO if a.code != "ok" else logging.DEBUG, "request %s: %s %s", rid, a.code,
+                        a.message, extra={"request_id": rid})
 
     def _maybe_autoclaim(self) -> None:
         """XAUTOCLAIM idle entries of dead or stuck consumers, one batch per call."""

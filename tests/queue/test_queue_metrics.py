@@ -94,3 +94,18 @@ async def test_dashboard_queue_queries_equal_redis_with_two_workers(redis_server
         await batcher.drain(1)
     lines = [ln for ln in (tmp_path / "worker-w0-1.log").read_text().splitlines() if ln.startswith("{")]
     assert lines and all(json.loads(ln)["level"] for ln in lines)  # EVOTOK_LOG_JSON: one JSON object per line
+
+
+def test_request_id_reaches_the_worker_log(redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
+    """``X-Request-ID`` is echoed by the API, carried in the work entry and written in the worker's log line."""
+    import httpx
+
+    from tests.queue.queue_harness import fake_worker_and_api, png_bytes
+
+    with fake_worker_and_api(redis_server, prefix, tmp_path, 0.0, EVOTOK_LOG_LEVEL="debug") as (api, _worker):
+        r = httpx.post(f"{api.url}/encode", content=png_bytes(np.zeros((64, 64, 3), np.uint8)), timeout=30,
+                       headers={"content-type": "image/png", "x-request-id": "trace-me-42"})
+        assert r.status_code == 200 and r.headers["x-request-id"] == "trace-me-42"
+        time.sleep(0.3)
+    log = (tmp_path / "worker-w0-1.log").read_text()
+    assert "request trace-me-42: ok" in log and "request_id=trace-me-42" in log, log[-2000:]

@@ -257,7 +257,12 @@ def test_spans_for_request_queue_wait_and_inference(traced: tuple[TestClient, ob
     exporter.clear()  # type: ignore[attr-defined]
     enc = client.post("/encode", content=png_bytes(), headers={**PNG, "X-Request-ID": "trace-2"})
     assert enc.status_code == 200
-    names = [s.name for s in exporter.get_finished_spans()]  # type: ignore[attr-defined]
-    assert "POST /encode" in names, names
+    spans = {s.name: s for s in exporter.get_finished_spans()}  # type: ignore[attr-defined]
+    server = spans["POST /encode"]
+    for name in ("queue_wait", "inference"):  # recorded by the serving core for the real request
+        assert spans[name].parent is not None and spans[name].parent.span_id == server.context.span_id, name
+        assert spans[name].attributes["op"] == "encode"
+    assert spans["queue_wait"].end_time <= spans["inference"].start_time <= spans["inference"].end_time
+    assert spans["inference"].attributes["batch"] >= 1
     client.get("/healthz")
     assert not any("healthz" in s.name for s in exporter.get_finished_spans())  # type: ignore[attr-defined]
