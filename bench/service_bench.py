@@ -359,23 +359,26 @@ def _level(args: argparse.Namespace, path: str, config: str, c: int, pool: _Pool
     return level
 
 
-def _run_path(args: argparse.Namespace, path: str, body: bytes, workdir: Path) -> list[Level]:
-    """All configurations of one path started together (idle servers cost no CPU), then measured interleaved:
-    for each concurrency, ``--repeat`` rounds of every configuration in turn (latencies pooled), so a change in
-    the machine's background load hits all configurations alike instead of whichever ran last."""
-    servers: dict[str, Servers] = {}
+def _run_path(args: argparse.Namespace, path: str | list[str], body: bytes, workdir: Path) -> list[Level]:
+    """All configurations of one path (or of several: ``--frontends``) started together (idle servers cost no
+    CPU), then measured interleaved: for each concurrency, ``--repeat`` rounds of every path and configuration in
+    turn (latencies pooled), so a change in the machine's background load hits all of them alike instead of
+    whichever ran last."""
+    paths = [path] if isinstance(path, str) else path
+    servers: dict[tuple[str, str], Servers] = {}
     out: list[Level] = []
     try:
-        for config in args.configs:
-            servers[config] = _start(args, path, config, workdir)
-            asyncio.run(_closed_loop(servers[config].url, body, 2, 1.0, CONTENT_TYPES[args.input]))  # warm connections and caches
-        runs = [(config, protocol) for config in args.configs for protocol in args.protocols]
+        for p in paths:
+            for config in args.configs:
+                srv = servers[(p, config)] = _start(args, p, config, workdir)
+                asyncio.run(_closed_loop(srv.url, body, 2, 1.0, CONTENT_TYPES[args.input]))  # warm connections and caches
+        runs = [(p, config, protocol) for p in paths for config in args.configs for protocol in args.protocols]
         for c in args.concurrency:
             pools = {run: _Pool([]) for run in runs}
             for _ in range(args.repeat):
-                for config, protocol in runs:
-                    _round(args, servers[config], c, body, pools[(config, protocol)], protocol)
-            out += [_level(args, path, config, c, pools[(config, protocol)], protocol) for config, protocol in runs]
+                for p, config, protocol in runs:
+                    _round(args, servers[(p, config)], c, body, pools[(p, config, protocol)], protocol)
+            out += [_level(args, p, config, c, pools[(p, config, protocol)], protocol) for p, config, protocol in runs]
     finally:
         for srv in servers.values():
             srv.stop()
@@ -545,8 +548,11 @@ def main(argv: list[str]) -> int:
     body, crop = _photo_body(size, args.input)
     levels: list[Level] = []
     with tempfile.TemporaryDirectory(prefix="evotok-bench-") as tmp:
-        for path in args.paths:
-            levels += _run_path(args, path, body, Path(tmp))
+        if args.frontends:  # the front-end counts interleaved, round by round
+            levels += _run_path(args, args.paths, body, Path(tmp))
+        else:
+            for path in args.paths:
+                levels += _run_path(args, path, body, Path(tmp))
     limit = _runtime_limit(args, crop)
     table = _markdown(levels, limit, args)
     sys.stdout.write(table + "\n")
