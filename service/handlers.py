@@ -69,8 +69,9 @@ def _count(request: Request, status: int, code: str) -> None:
         metrics.REJECTIONS.labels(endpoint_of_path(request.url.path), metrics.reason_of_code(code)).inc()
 
 
-def service_error_response(exc: ServiceError) -> JSONResponse:
-    status, code = ERROR_TABLE.get(type(exc), (exc.status, exc.code))
+def error_headers(exc: ServiceError, status: int) -> dict[str, str]:
+    """The headers of an error answer, for every HTTP surface (our routes and the v2 protocol): ``Retry-After``
+    on 429/503 (the error's own estimate, else 1 s), ``WWW-Authenticate`` on 401."""
     headers: dict[str, str] = {}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
@@ -78,7 +79,12 @@ def service_error_response(exc: ServiceError) -> JSONResponse:
         headers["Retry-After"] = "1"
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return error_response(status, code, exc.message, headers)
+    return headers
+
+
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    status, code = ERROR_TABLE.get(type(exc), (exc.status, exc.code))
+    return error_response(status, code, exc.message, error_headers(exc, status))
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:

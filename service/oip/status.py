@@ -24,10 +24,10 @@ HTTP      codes (errors.py)                    gRPC
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from evotok.service.errors import ERROR_TABLE, ServiceError
+from evotok.service.handlers import error_headers
 
 if TYPE_CHECKING:
     import grpc
@@ -46,14 +46,7 @@ def http_status(exc: ServiceError) -> int:
 def http_error(exc: ServiceError) -> tuple[int, dict[str, str], dict[str, str]]:
     """(status, ``{"error": message}``, headers) for a v2 HTTP error answer."""
     status = http_status(exc)
-    headers: dict[str, str] = {}
-    if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-    elif status in (429, 503):
-        headers["Retry-After"] = "1"
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return status, {"error": exc.message}, headers
+    return status, {"error": exc.message}, error_headers(exc, status)
 
 
 _GRPC_NAME_OF_HTTP: dict[int, str] = {

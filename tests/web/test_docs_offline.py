@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from tests.client.server import Server, running_server
-from tests.web.test_web_page import ARGS, CHROMIUM
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
@@ -24,18 +23,6 @@ OPERATIONS = ("/encode", "/decode", "/embed", "/info")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("uvicorn-docs")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/system-deps.sh)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def offline_page(browser: Any, server: Server) -> tuple[Any, list[str], list[str]]:
