@@ -124,6 +124,7 @@ def values_schema() -> dict[str, Any]:
                                 "annotations": _MAP,
                             }
                         ),
+                        "probes": {"enum": ["http", "grpc"]},
                         "resources": _RESOURCES,
                         "autoscaling": _obj(
                             {

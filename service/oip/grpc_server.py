@@ -17,6 +17,10 @@ repository, shared memory, statistics, trace) answer ``UNIMPLEMENTED``.
 - Auth: with ``EVOTOK_API_KEYS`` set, every RPC but the three health RPCs needs the metadata
   ``authorization: Bearer <key>`` (as the HTTP routes).
 - Errors: gRPC status codes from the service's error table (``status.grpc_code``).
+- The standard health service ``grpc.health.v1.Health`` (from ``grpcio-health-checking``), for Kubernetes'
+  ``grpc`` probes, meshes and gRPC load balancers: ``Check`` with service ``""`` or
+  ``inference.GRPCInferenceService`` answers ``SERVING`` when ``/readyz`` would answer 200, ``liveness`` when
+  ``/healthz`` would; unknown services ``NOT_FOUND``.
 """
 
 from __future__ import annotations
@@ -192,6 +196,28 @@ class Servicer:
             raw_output_contents=[t.raw() for t in outs])
 
 
+def _add_health(server: Any, app: FastAPI) -> None:
+    """``grpc.health.v1.Health``: readiness (service ``""`` / the inference service) and liveness (``liveness``),
+    answered from the same state as ``/readyz`` and ``/healthz``."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    state: ServiceState = app.state.evotok
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+    class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+        async def Check(self, request: Any, context: Any) -> Any:
+            if request.service in ("", "inference.GRPCInferenceService"):
+                ok = state.not_ready_reason() is None
+            elif request.service == "liveness":
+                ok = state.batcher.liveness_problem() is None
+            else:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            return health_pb2.HealthCheckResponse(status=serving if ok else not_serving)
+
+    health_pb2_grpc.add_HealthServicer_to_server(Health(), server)
+
+
 async def start(app: FastAPI) -> grpc.aio.Server | None:
     """Start the gRPC server on ``EVOTOK_GRPC_PORT`` (None when it is 0)."""
     settings = app.state.evotok.settings
@@ -218,6 +244,7 @@ async def start(app: FastAPI) -> grpc.aio.Server | None:
         maximum_concurrent_rpcs=settings.limit_concurrency,
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer_cls(app, service_pb2), server)
+    _add_health(server, app)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:
         server.add_insecure_port(f"{host}:{settings.grpc_port}")

@@ -122,6 +122,17 @@ def test_all_features_render_contents(rendered_all: Rendered) -> None:
     assert json.loads(dashboard["data"]["evotok.json"])["uid"] == "evotok-serve"
 
 
+def test_api_probes_http_by_default_grpc_health_when_asked(rendered_default: Rendered,
+                                                           rendered_all: Rendered) -> None:
+    http = rendered_default.find("Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+    assert http["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert http["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    grpc = rendered_all.find("Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+    assert grpc["readinessProbe"]["grpc"] == {"port": 8001}  # the standard health service, readiness
+    assert grpc["livenessProbe"]["grpc"] == {"port": 8001, "service": "liveness"}
+    assert "httpGet" not in grpc["readinessProbe"]
+
+
 @pytest.mark.parametrize("fixture", ["rendered_default", "rendered_all"])
 def test_pods_are_hardened(fixture: str, request: pytest.FixtureRequest) -> None:
     rendered: Rendered = request.getfixturevalue(fixture)

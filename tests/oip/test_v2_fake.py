@@ -299,3 +299,20 @@ def test_load_generator(fake_server: OipServer, transport: str) -> None:
     result = v2_load(target, transport, random_png(9), clients=4, duration_s=0.5, warmup=1)  # type: ignore[arg-type]
     assert result.requests > 0 and result.errors == 0 and result.images_per_s > 0
     assert 0 < result.p50_ms <= result.p95_ms
+
+
+def test_grpc_standard_health_service(fake_server: OipServer) -> None:
+    """``grpc.health.v1.Health`` (what Kubernetes' grpc probes and gRPC load balancers call) answers from the same
+    state as /readyz and /healthz."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(fake_server.grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService", "liveness"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert httpx.get(f"{fake_server.url}/readyz").status_code == 200
