@@ -45,6 +45,8 @@ ENDPOINTS = {"/encode": "encode", "/decode": "decode", "/embed": "embed", "/info
 
 
 def endpoint_of_path(path: str) -> str:
+    if path.startswith("/v2"):  # the Open Inference Protocol: inference apart from its metadata and health
+        return "v2_infer" if path.endswith("/infer") else "v2"
     return ENDPOINTS.get(path, "other")
 
 

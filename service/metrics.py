@@ -10,7 +10,8 @@ dashboard query joins both:
   ``encode_output`` (API: PNG/JSON/npy serialisation)
 - ``outcome``: ``ok`` | ``error`` (batches, heartbeats)
 - ``endpoint`` (HTTP series only): ``encode`` | ``decode`` | ``embed`` | ``info`` | ``healthz`` | ``readyz`` |
-  ``metrics`` | ``other``
+  ``metrics`` | ``v2_infer`` (``POST /v2/models/{m}/infer``) | ``v2`` (the other Open Inference Protocol routes) |
+  ``other``
 - ``reason``: rejections ``queue_full`` | ``server_busy`` (body budget / connections full) | ``payload_too_large`` |
   ``request_timeout`` (slow headers/body) | ``invalid_input`` | ``deadline_exceeded`` | ``cancelled`` |
   ``not_ready`` | ``unauthorized`` | ``not_found`` | ``worker_error`` | ``internal`` | ``other``; skipped items

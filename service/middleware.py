@@ -170,6 +170,6 @@ class MetricsMiddleware:
             in_flight.dec()
             metrics.HTTP_REQUESTS.labels(endpoint, str(status["code"])).inc()
             metrics.HTTP_DURATION.labels(endpoint).observe(time.perf_counter() - start)
-            if endpoint in ("encode", "decode", "embed"):
+            if endpoint in ("encode", "decode", "embed", "v2_infer"):
                 metrics.PAYLOAD_BYTES.labels(endpoint, "in").observe(sizes["in"])
                 metrics.PAYLOAD_BYTES.labels(endpoint, "out").observe(sizes["out"])

@@ -316,3 +316,13 @@ def test_grpc_standard_health_service(fake_server: OipServer) -> None:
             stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
         assert exc.value.code() == grpc.StatusCode.NOT_FOUND
     assert httpx.get(f"{fake_server.url}/readyz").status_code == 200
+
+
+def test_v2_requests_have_their_own_endpoint_label(fake_server: OipServer, clients: Any) -> None:
+    h, _g = clients
+    h.is_server_live()
+    bad = httpx.post(f"{fake_server.url}/v2/models/encode/infer", json={"inputs": []})
+    assert 400 <= bad.status_code < 500
+    text = httpx.get(f"{fake_server.url}/metrics").text
+    assert 'evotok_http_requests_total{code="200",endpoint="v2"}' in text
+    assert f'evotok_http_requests_total{{code="{bad.status_code}",endpoint="v2_infer"}}' in text
