@@ -74,6 +74,42 @@ class Level:
 
 
 # --- the server subprocesses ------------------------------------------------------------------------------------
+def _floor(argv: list[str]) -> int:
+    """The bare floor (``--paths floor``): one uvicorn process with a plain Starlette app that does what our
+    front end must do for ``POST /encode`` (read the body, decode and fit the image with the same
+    ``prepare_image``, or check an ``.npy`` body) and answers a fixed ``.npy`` of codes: no batching core,
+    no model, no middleware. What is left between it and our server is the serving stack's own cost."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--size", type=int, required=True)
+    args = p.parse_args(argv)
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from evotok.service.codes_io import to_npy
+    from evotok.service.imaging import prepare_image
+
+    answer = to_npy(np.zeros((16, 16, 16), np.uint16))
+
+    async def encode(request: Request) -> Response:
+        body = await request.body()
+        if request.headers.get("content-type") == "application/x-npy":
+            np.load(io.BytesIO(body), allow_pickle=False)
+        else:
+            prepare_image(body, args.size, "center-crop", 40_000_000)  # on the loop: no thread hop either
+        return Response(answer, media_type="application/x-npy")
+
+    async def ready(_request: Request) -> Response:
+        return PlainTextResponse("ready")
+
+    app = Starlette(routes=[Route("/encode", encode, methods=["POST"]), Route("/readyz", ready)])
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    return 0
+
+
 def _serve(argv: list[str]) -> int:
     """The in-process server: ``create_app`` over the configured runtime or a FakeRuntime, run by
     ``run_uvicorn`` with the settings' options, as ``evotok serve`` runs it (same HTTP protocol class,
@@ -82,6 +118,7 @@ def _serve(argv: list[str]) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--fake", action="store_true")
     p.add_argument("--fake-cost-ms", default="")
+    p.add_argument("--real-size", action="store_true", help="a fake model card of the shipped model's size")
     args = p.parse_args(argv)
     from evotok.service.app import create_app
     from evotok.service.cli import run_uvicorn
@@ -89,10 +126,10 @@ def _serve(argv: list[str]) -> int:
 
     factory = None
     if args.fake:
-        from evotok.export.fake import FakeRuntime
+        from evotok.export.fake import REAL_SIZE, FakeRuntime
 
-        cost = parse_cost_ms(args.fake_cost_ms)
-        factory = lambda: FakeRuntime(cost_ms=cost)  # noqa: E731
+        cost, sizes = parse_cost_ms(args.fake_cost_ms), (REAL_SIZE if args.real_size else {})
+        factory = lambda: FakeRuntime(cost_ms=cost, **sizes)  # type: ignore[arg-type]  # noqa: E731
     settings = Settings(host="127.0.0.1", port=args.port)
     run_uvicorn(create_app(settings, runtime_factory=factory), settings)
     return 0
@@ -187,10 +224,14 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
             servers.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "evotok.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                  "--log-level", "warning"], cwd=REPO, env=env))
+        elif path == "floor":
+            size = 256 if args.fake else _model_size(args)
+            servers.procs.append(subprocess.Popen([sys.executable, str(HERE), "_floor", "--port", str(port),
+                                                   "--size", str(size)], cwd=REPO, env=env))
         elif path == "inprocess":
             cmd = [sys.executable, str(HERE), "_serve", "--port", str(port)]
             if args.fake:
-                cmd += ["--fake", "--fake-cost-ms", args.fake_cost_ms]
+                cmd += ["--fake", "--fake-cost-ms", args.fake_cost_ms] + (["--real-size"] if _real_size(args) else [])
             servers.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env))
         else:
             rdir = Path(tempfile.mkdtemp(dir=workdir))
@@ -450,6 +491,7 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
                     f"{lv.p50_ms:.1f} | {lv.p95_ms:.1f} | {lv.p99_ms:.1f} | {lv.mean_batch:.2f} | {lv.errors} | "
                     f"{lv.client_cpu_s:.1f} | {lv.server_cpu_s:.1f} |")
     rows.append("")
+    rows += _floor_lines(levels, args)
     for name, by_b in limit.get("items_per_s", {}).items():
         rows.append(f"Runtime without HTTP, {name}: " + ", ".join(f"B={b} {v:.1f}" for b, v in by_b.items())
                     + " img/s")
@@ -468,7 +510,7 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
                 rows.append(f"c={c}: {protocol}/{b.protocol} throughput {a.throughput / max(b.throughput, 1e-9):.2f}x, "
                             f"p50 {a.p50_ms:.1f} vs {b.p50_ms:.1f} ms, p95 {a.p95_ms:.1f} vs {b.p95_ms:.1f} ms")
     levels = [lv for lv in levels if lv.protocol == args.protocols[0]]  # batching comparisons: one protocol
-    for path in args.paths:
+    for path in (p for p in args.paths if p != "floor"):
         by = {lv.config: lv for lv in levels if lv.path == path and lv.concurrency == top}
         for cfg in args.configs:
             best = max((lv.throughput for lv in levels if lv.path == path and lv.config == cfg), default=0.0)
@@ -498,6 +540,33 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
     return "\n".join(rows)
 
 
+def _floor_lines(levels: list[Level], args: argparse.Namespace) -> list[str]:
+    """Against the bare floor: server CPU per image (ours / floor) at each concurrency, and at one client our
+    p50 minus the fake runtime's own time for one item against the floor's p50."""
+    floor = {lv.concurrency: lv for lv in levels if lv.path == "floor" and lv.protocol == args.protocols[0]}
+    if not floor:
+        return []
+    own_ms = sum(a * b for a, b in zip((1.0, 1.0), parse_cost_ms(args.fake_cost_ms), strict=True)) if args.fake else 0.0
+    out = []
+    for lv in levels:
+        f = floor.get(lv.concurrency)
+        if lv.path == "floor" or f is None or not lv.requests or not f.requests:
+            continue
+        ours, bare = 1000 * lv.server_cpu_s / lv.requests, 1000 * f.server_cpu_s / f.requests
+        out.append(f"{lv.path} {lv.config} c={lv.concurrency}: server CPU {ours:.2f} ms/image vs floor "
+                   f"{bare:.2f} ({ours / bare:.2f}x); img/s {lv.throughput / max(f.throughput, 1e-9):.2f}x the floor")
+        if lv.concurrency == 1:
+            out.append(f"{lv.path} {lv.config} c=1: p50 {lv.p50_ms:.2f} ms - runtime {own_ms:.2f} ms = "
+                       f"{lv.p50_ms - own_ms:.2f} ms vs floor p50 {f.p50_ms:.2f} ms "
+                       f"({(lv.p50_ms - own_ms) / max(f.p50_ms, 1e-9):.2f}x)")
+    return out
+
+
+def _real_size(args: argparse.Namespace) -> bool:
+    """The fake runtime at the shipped model's size (256 px, 16x16x16 codes): with front ends and the floor."""
+    return bool(args.frontends) or "floor" in args.paths
+
+
 def _model_size(args: argparse.Namespace) -> int:
     from evotok.service.model_info import load_model_info
     from evotok.service.settings import Settings
@@ -509,6 +578,8 @@ def _model_size(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "_serve":
         return _serve(argv[1:])
+    if argv and argv[0] == "_floor":
+        return _floor(argv[1:])
     p = argparse.ArgumentParser(prog="evotok bench service", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=None, help="model folder (default: the shipped model)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
@@ -529,7 +600,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--startup-timeout", type=float, default=600.0)
     p.add_argument("--fake", action="store_true", help="FakeRuntime with a sleep cost model (64 px model card)")
     p.add_argument("--fake-cost-ms", default="20,1", help="A,B: a batch of B items costs A + B*b ms")
-    p.add_argument("--paths", type=lambda s: s.split(","), default=["inprocess"], help="inprocess,redis")
+    p.add_argument("--paths", type=lambda s: s.split(","), default=["inprocess"],
+                   help="inprocess,redis,floor (floor: a bare Starlette process, the same image decoding, a fixed "
+                        "answer and no model: the serving stack's cost is the difference)")
     p.add_argument("--frontends", type=lambda s: s.split(","), default=None,
                    help="1,2,auto: instead of --paths, `evotok serve` with each EVOTOK_FRONTENDS (front-end processes "
                         "feeding one runtime process; 1 = the single process); --fake serves EVOTOK_FAKE_COST_MS")
@@ -544,7 +617,7 @@ def main(argv: list[str]) -> int:
 
     if args.frontends:
         args.paths = [f"frontends={v}" for v in args.frontends]
-    size = (256 if args.frontends else 64) if args.fake else _model_size(args)
+    size = (256 if _real_size(args) else 64) if args.fake else _model_size(args)
     body, crop = _photo_body(size, args.input)
     levels: list[Level] = []
     with tempfile.TemporaryDirectory(prefix="evotok-bench-") as tmp:
