@@ -30,6 +30,8 @@ from evotok.service.errors import PayloadTooLarge, RequestTimeout, ServerBusy
 from evotok.service.handlers import endpoint_of_path, error_response, service_error_response
 from evotok.service.settings import Settings
 
+ARRIVAL_KEY = "evotok.arrival"  # ASGI scope key: time.monotonic() when the request reached the app
+
 
 class ByteBudget:
     """Bytes reserved by the bodies this process is receiving or holding (one per app, event-loop only)."""
@@ -147,7 +149,7 @@ class MetricsMiddleware:
         status = {"code": 500}
         sizes = {"in": 0, "out": 0}
         start = time.perf_counter()
-        scope.setdefault("evotok.arrival", time.monotonic())  # the request's deadline counts from here
+        scope.setdefault(ARRIVAL_KEY, time.monotonic())  # the request's deadline counts from here
         in_flight = metrics.HTTP_IN_FLIGHT.labels(endpoint)
         in_flight.inc()
 

@@ -98,7 +98,6 @@ class RedisBatcher(Batcher):
         self._started = False
         self._draining = False
         self._redis_ok = False
-        self._live_workers = 0
         self._queued = 0
         self._oldest_age_s = 0.0
         self._caps: dict[str, Any] | None = None  # live workers' batch caps (monitor loop), for /info
@@ -358,7 +357,7 @@ class RedisBatcher(Batcher):
         self._groups_ok = True
 
     async def _monitor_loop(self) -> None:
-        """Refresh live-worker count, queue depth (``stats()``: readiness, queue gauges) and the live workers'
+        """Refresh queue depth (``stats()``: queue gauges) and the live workers'
         batch caps (``batch_caps()``: /info)."""
         assert self._redis is not None
         period = max(0.2, min(1.0, self.settings.worker_heartbeat_s / 2))
@@ -374,7 +373,6 @@ class RedisBatcher(Batcher):
                 res = await pipe.execute()
                 sec, usec = res[0]
                 now_ms = int(sec) * 1000 + int(usec) // 1000
-                live = await self._redis.zcount(self.keys.workers, now_ms - self._window_ms, "+inf")
                 queued, oldest = 0, 0.0
                 for k in range(len(OPS)):
                     queued += int(res[1 + 2 * k])
@@ -383,7 +381,7 @@ class RedisBatcher(Batcher):
                         eid = first[0][0]
                         eid = eid.decode() if isinstance(eid, bytes) else str(eid)
                         oldest = max(oldest, (now_ms - int(eid.split("-")[0])) / 1000)
-                self._live_workers, self._queued, self._oldest_age_s = int(live), queued, max(0.0, oldest)
+                self._queued, self._oldest_age_s = queued, max(0.0, oldest)
                 await self._read_caps(now_ms)
                 self._redis_ok = True
             except asyncio.CancelledError:

@@ -158,7 +158,7 @@ class RunTimes:
 class CallWatch:
     """Liveness of the runtime lanes: a call running longer than ``bound_s`` means the process is stuck
     (``/healthz`` 503, so the orchestrator restarts it). Written by the runtime threads (one entry per thread,
-    so concurrent lanes are watched each), read by probes; ``running()`` tells drain whether a call is in progress."""
+    so concurrent lanes are watched each), read by probes."""
 
     def __init__(self, bound_s: float, clock: Any = time.monotonic) -> None:
         self.bound_s = bound_s
@@ -170,9 +170,6 @@ class CallWatch:
 
     def end(self) -> None:
         self._started.pop(threading.get_ident(), None)
-
-    def running(self) -> int:
-        return len(self._started)
 
     def age_s(self) -> float:
         """Age of the oldest call in progress (0 when none)."""

@@ -36,6 +36,7 @@ from evotok.service.errors import (
     UnsupportedMediaType,
 )
 from evotok.service.imaging import IMAGE_CONTENT_TYPES, ResizeMode, parse_background, prepare_image
+from evotok.service.middleware import ARRIVAL_KEY
 from evotok.service.state import ServiceState
 
 T = TypeVar("T")
@@ -83,7 +84,6 @@ async def timeout_header(
     """Declares the header in the OpenAPI schema; ``deadline_for`` reads and validates it."""
 
 
-ARRIVAL_KEY = "evotok.arrival"  # ASGI scope key: time.monotonic() when the request reached the app
 DEADLINE_KEY = "evotok.deadline"
 
 
