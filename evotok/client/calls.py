@@ -86,23 +86,22 @@ def _parse_encode(batched: bool) -> Callable[[httpx.Response, float], EncodeResu
     return parse
 
 
-def encode(image: wire.ImageInput, depth: int | None, fmt: str) -> Call[EncodeResult]:
+def _one_image(path: str, parse: Callable[[httpx.Response, float], T], image: wire.ImageInput, accept: str,
+               params: dict[str, Any] | None = None) -> Call[T]:
     """One image as the raw request body with its sniffed content type; bytes that are no known image go as a
     multipart ``image`` file instead, so the server judges the bytes (422 ``invalid_image``, as a local run)
-    rather than the content type (415)."""
+    rather than the content type (415). For ``/encode`` and ``/embed`` alike."""
     data, ctype = wire.image_bytes(image)
-    accept = wire.NPY if fmt == "npy" else "application/json"
     if ctype == wire.OCTET:
-        return Call("POST", "/encode", _parse_encode(False), params=_depth_params(depth),
-                    headers={"Accept": accept}, files=[("image", ("image", data, ctype))])
-    return Call(
-        "POST",
-        "/encode",
-        _parse_encode(False),
-        params=_depth_params(depth),
-        headers={"Content-Type": ctype, "Accept": accept},
-        content=data,
-    )
+        return Call("POST", path, parse, params=params or {}, headers={"Accept": accept},
+                    files=[("image", ("image", data, ctype))])
+    return Call("POST", path, parse, params=params or {}, headers={"Content-Type": ctype, "Accept": accept},
+                content=data)
+
+
+def encode(image: wire.ImageInput, depth: int | None, fmt: str) -> Call[EncodeResult]:
+    accept = wire.NPY if fmt == "npy" else "application/json"
+    return _one_image("/encode", _parse_encode(False), image, accept, _depth_params(depth))
 
 
 def encode_many(images: Sequence[wire.ImageInput], depth: int | None, fmt: str) -> Call[EncodeResult]:
@@ -144,11 +143,7 @@ def _parse_embed(resp: httpx.Response, latency: float) -> EmbedResult:
 
 
 def embed_image(image: wire.ImageInput, fmt: str) -> Call[EmbedResult]:
-    data, ctype = wire.image_bytes(image)
-    accept = wire.NPY if fmt == "npy" else "application/json"
-    return Call(
-        "POST", "/embed", _parse_embed, headers={"Content-Type": ctype, "Accept": accept}, content=data
-    )
+    return _one_image("/embed", _parse_embed, image, wire.NPY if fmt == "npy" else "application/json")
 
 
 def embed_codes(codes: Any, fmt: str) -> Call[EmbedResult]:

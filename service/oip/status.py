@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from evotok.service.errors import ERROR_TABLE, ServiceError
+from evotok.service.errors import ServiceError
 from evotok.service.handlers import error_headers
 
 if TYPE_CHECKING:
@@ -39,13 +39,9 @@ class ModelNotFound(ServiceError):
     status, code = 404, "not_found"
 
 
-def http_status(exc: ServiceError) -> int:
-    return ERROR_TABLE.get(type(exc), (exc.status, exc.code))[0]
-
-
 def http_error(exc: ServiceError) -> tuple[int, dict[str, str], dict[str, str]]:
     """(status, ``{"error": message}``, headers) for a v2 HTTP error answer."""
-    status = http_status(exc)
+    status = exc.status
     return status, {"error": exc.message}, error_headers(exc, status)
 
 
@@ -67,7 +63,7 @@ _GRPC_NAME_OF_HTTP: dict[int, str] = {
 
 def grpc_code_name(exc: ServiceError) -> str:
     """The ``grpc.StatusCode`` member name for ``exc`` (``INTERNAL`` for 500 and anything unmapped)."""
-    return _GRPC_NAME_OF_HTTP.get(http_status(exc), "INTERNAL")
+    return _GRPC_NAME_OF_HTTP.get(exc.status, "INTERNAL")
 
 
 def grpc_code(exc: ServiceError) -> grpc.StatusCode:

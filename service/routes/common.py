@@ -88,7 +88,7 @@ DEADLINE_KEY = "evotok.deadline"
 
 
 def arrival_of(request: Request) -> float:
-    """When the request arrived (stamped by ``MetricsMiddleware``, the outermost middleware)."""
+    """When the request arrived (stamped by ``MetricsMiddleware``, inside only the request-id middleware)."""
     arrived: float = request.scope.setdefault(ARRIVAL_KEY, time.monotonic())
     return arrived
 
@@ -234,11 +234,16 @@ async def _decode_within(fn: Callable[[], U8], slots: asyncio.Semaphore, deadlin
     except TimeoutError:
         raise DeadlineExceeded("no image decoder became free before the request deadline") from None
     job = asyncio.ensure_future(run_in_threadpool(fn))
-    job.add_done_callback(lambda _f: slots.release())
+
+    def finished(f: asyncio.Future[U8]) -> None:  # the slot frees when the thread is done, whoever still waits
+        slots.release()
+        if not f.cancelled():
+            f.exception()  # retrieved: a caller gone at its deadline or disconnected leaves no stray warning
+
+    job.add_done_callback(finished)
     try:
-        return await asyncio.wait_for(asyncio.shield(job), timeout=remaining_s(deadline, "before decoding"))
+        return await asyncio.wait_for(asyncio.shield(job), timeout=remaining_s(deadline, "while decoding"))
     except TimeoutError:
-        job.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is nobody's now
         raise DeadlineExceeded("request deadline passed while decoding its images") from None
 
 

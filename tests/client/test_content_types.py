@@ -64,9 +64,10 @@ def test_broken_bytes_get_the_local_code(server: Server, name: str) -> None:
     assert err.value.status == (415 if want == "unsupported_media_type" else 422)
 
 
-def test_garbage_is_not_415(server: Server) -> None:
+@pytest.mark.parametrize("call", ["encode", "embed"])
+def test_garbage_is_not_415(server: Server, call: str) -> None:
     with Client(server.url) as client, pytest.raises(EvoTokError) as err:
-        client.encode(b"garbage")
+        getattr(client, call)(b"garbage")
     assert (err.value.status, err.value.code) == (422, "invalid_image")
 
 
