@@ -79,7 +79,9 @@ def test_expiring_deadline_gives_the_protocols_timeout_error(slow_server: OipSer
     meta = {"authorization": f"Bearer {KEY}"}
     with tg.InferenceServerClient(slow_server.grpc_target) as g:
         with pytest.raises(InferenceServerException) as exc:
-            g.infer("encode", [_pixels(tg, SLOW)], headers=meta, client_timeout=0.3)  # the gRPC deadline
+            # the gRPC deadline; the client's own timer also ends the call, so this shows the status a gRPC
+            # client sees, not that the server read the deadline (the `timeout` case below shows that)
+            g.infer("encode", [_pixels(tg, SLOW)], headers=meta, client_timeout=0.3)
         assert exc.value.status() == "StatusCode.DEADLINE_EXCEEDED"
         with pytest.raises(InferenceServerException) as exc:  # Triton's timeout parameter: the server's answer
             g.infer("embed", [_pixels(tg, SLOW)], headers=meta, timeout=300_000, client_timeout=5.0)

@@ -319,10 +319,18 @@ def test_grpc_standard_health_service(fake_server: OipServer) -> None:
 
 
 def test_v2_requests_have_their_own_endpoint_label(fake_server: OipServer, clients: Any) -> None:
+    from tests.service.server import metric_values
+
+    def count(code: str, endpoint: str) -> float:
+        text = httpx.get(f"{fake_server.url}/metrics").text
+        return sum(metric_values(text, "evotok_http_requests_total", code=code, endpoint=endpoint))
+
     h, _g = clients
-    h.is_server_live()
+    live0 = count("200", "v2")
     bad = httpx.post(f"{fake_server.url}/v2/models/encode/infer", json={"inputs": []})
     assert 400 <= bad.status_code < 500
-    text = httpx.get(f"{fake_server.url}/metrics").text
-    assert 'evotok_http_requests_total{code="200",endpoint="v2"}' in text
-    assert f'evotok_http_requests_total{{code="{bad.status_code}",endpoint="v2_infer"}}' in text
+    bad0 = count(str(bad.status_code), "v2_infer")
+    assert h.is_server_live()
+    httpx.post(f"{fake_server.url}/v2/models/encode/infer", json={"inputs": []})
+    assert count("200", "v2") == live0 + 1  # this test's own requests, counted under their labels
+    assert count(str(bad.status_code), "v2_infer") == bad0 + 1

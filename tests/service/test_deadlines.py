@@ -63,7 +63,8 @@ def test_a_deadline_that_passes_while_decoding_is_answered_at_once(server: Serve
 
 def test_no_200_after_the_deadline_plus_one_batch(server: Server) -> None:
     """Deadline storm: 120 requests at 24 at a time with timeouts from 20 ms to 400 ms over a runtime of 50 ms
-    per batch; every 200 arrives within its deadline plus one batch time (plus 0.1 s for the client's side)."""
+    per batch; every 200 arrives within its deadline plus one batch time (plus 0.3 s for the client's side: the
+    load generator shares the 2 cores; the exact invariant is checked under a simulated clock in tests/core)."""
     rng = np.random.default_rng(7)
     data = png_bytes()
     timeouts = [float(t) for t in rng.integers(20, 400, size=120)]
@@ -84,5 +85,5 @@ def test_no_200_after_the_deadline_plus_one_batch(server: Server) -> None:
     codes = {code for _, _, code in results}
     assert codes <= {200, 429, 504}, codes
     assert 200 in codes and (429 in codes or 504 in codes), codes
-    late = [(t, e) for t, e, code in results if code == 200 and e > t / 1000 + BATCH_S + 0.1]
+    late = [(t, e) for t, e, code in results if code == 200 and e > t / 1000 + BATCH_S + 0.3]
     assert not late, f"200 after deadline + one batch: {late}"
