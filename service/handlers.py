@@ -66,7 +66,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
 
 
-def _count(request: Request, status: int, code: str) -> None:
+def count_rejection(request: Request, status: int, code: str) -> None:
+    """``evotok_admission_rejections_total`` for an error answer, labelled by the request's endpoint."""
     if status >= 400:
         metrics.REJECTIONS.labels(endpoint_of_path(request.url.path), metrics.reason_of_code(code)).inc()
 
@@ -92,7 +93,7 @@ def service_error_response(exc: ServiceError) -> JSONResponse:
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     response = service_error_response(exc)
-    _count(request, response.status_code, ERROR_TABLE.get(type(exc), (exc.status, exc.code))[1])
+    count_rejection(request, response.status_code, ERROR_TABLE.get(type(exc), (exc.status, exc.code))[1])
     return response
 
 
@@ -102,14 +103,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     for err in exc.errors()[:5]:
         loc = ".".join(str(x) for x in err.get("loc", ()))
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    _count(request, 422, "invalid_input")
+    count_rejection(request, 422, "invalid_input")
     return error_response(422, "invalid_input", "; ".join(parts) or "invalid request")
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    _count(request, exc.status_code, code)
+    count_rejection(request, exc.status_code, code)
     headers = dict(exc.headers or {})
     return error_response(exc.status_code, code, str(exc.detail), headers or None)
 
@@ -117,13 +118,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _client_disconnect(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ClientDisconnect)
     metrics.CLIENT_DISCONNECTS.labels(endpoint_of_path(request.url.path)).inc()
-    _count(request, 499, "client_closed_request")
+    count_rejection(request, 499, "client_closed_request")
     return error_response(499, "client_closed_request", "client disconnected while sending the request")
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    _count(request, 500, "internal")
+    count_rejection(request, 500, "internal")
     return error_response(500, "internal", "internal server error; the event was logged")
 
 

@@ -15,7 +15,6 @@ passes the app's body middleware first (size limit, in-flight byte budget, body 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,15 +25,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from evotok import __version__
-from evotok.service import metrics
 from evotok.service.auth import require_api_key
 from evotok.service.core import Op
-from evotok.service.errors import DeadlineExceeded, NotReady, ServiceError, UnsupportedMediaType
+from evotok.service.errors import NotReady, ServiceError, UnsupportedMediaType
+from evotok.service.handlers import count_rejection, endpoint_of_path
 from evotok.service.imaging import ResizeMode
 from evotok.service.oip import models
 from evotok.service.oip.status import http_error
 from evotok.service.oip.tensors import HEADER_LENGTH, http_response, parse_http
-from evotok.service.routes.common import deadline_for, decode_images, submit_all, timed
+from evotok.service.routes.common import deadline_for, decode_images, shorten_deadline, submit_all, timed
 from evotok.service.state import ServiceState, get_state
 
 log = logging.getLogger(__name__)
@@ -50,8 +49,7 @@ def server_metadata() -> dict[str, Any]:
 
 def _error(request: Request, exc: ServiceError) -> JSONResponse:
     status, body, headers = http_error(exc)
-    endpoint = request.path_params.get("model") if request.path_params.get("model") in models.MODELS else "other"
-    metrics.REJECTIONS.labels(endpoint, metrics.reason_of_code(exc.code)).inc()
+    count_rejection(request, status, exc.code)  # labelled v2 / v2_infer, as the app's own handlers label
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
@@ -68,6 +66,7 @@ async def _answer(request: Request, work: Callable[[], Awaitable[Response | dict
         raise  # the app's handler counts it and answers 499 (nobody reads it)
     except Exception:  # a bug: logged, answered 500 in the v2 shape (never a stack trace)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        count_rejection(request, 500, "internal")
         return JSONResponse({"error": "internal server error; the event was logged"}, status_code=500)
     return out if isinstance(out, Response) else JSONResponse(out)
 
@@ -145,18 +144,12 @@ async def model_version_ready(request: Request, model: str, version: str) -> Res
     return await _model_ready(request, model, version)
 
 
-def http_transport(state: ServiceState, request: Request, endpoint: str, limit_s: float | None) -> models.Transport:
-    """Submitting through ``submit_all`` (deadline, client watch), the Triton ``timeout`` as an extra bound."""
+def http_transport(state: ServiceState, request: Request, endpoint: str) -> models.Transport:
+    """Submitting through ``submit_all`` (the request's one deadline, the client watch)."""
     info = state.model_info()
 
     async def submit(op: Op, payloads: list[Any]) -> list[Any]:
-        if limit_s is None:
-            return await submit_all(state, request, op, payloads, endpoint)
-        try:
-            async with asyncio.timeout(limit_s):
-                return await submit_all(state, request, op, payloads, endpoint)
-        except TimeoutError:
-            raise DeadlineExceeded(f"the request's timeout parameter ({limit_s * 1e3:g} ms) passed") from None
+        return await submit_all(state, request, op, payloads, endpoint)
 
     async def images(blobs: list[bytes], op: Op, resize: ResizeMode, background: str | None) -> list[Any]:
         return await decode_images(blobs, state, info, resize, op, deadline_for(state, request), background)
@@ -181,7 +174,10 @@ async def _infer(request: Request, model: str, version: str | None) -> Response:
             req = parse_http(body, header)
         else:
             req = await run_in_threadpool(parse_http, body, header)
-        transport = http_transport(state, request, model, models.timeout_s(req.parameters))
+        limit_s = models.timeout_s(req.parameters)
+        if limit_s is not None:  # Triton's timeout shortens the one deadline, decoding included (as on gRPC)
+            shorten_deadline(state, request, limit_s)
+        transport = http_transport(state, request, endpoint_of_path(request.url.path))
         outs = await models.infer(state, info, model, req, transport)
         payload, json_size = http_response(model, info.weights_hash, req, outs)
         if json_size is None:

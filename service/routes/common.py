@@ -115,6 +115,14 @@ def deadline_for(state: ServiceState, request: Request) -> float:
     return deadline
 
 
+def shorten_deadline(state: ServiceState, request: Request, seconds: float) -> float:
+    """Bound the request's deadline to ``seconds`` after its arrival (a protocol's own timeout parameter, e.g.
+    Triton's ``timeout``); a bound may shorten the deadline, never extend it."""
+    deadline = min(deadline_for(state, request), arrival_of(request) + seconds)
+    request.scope[DEADLINE_KEY] = deadline
+    return deadline
+
+
 def remaining_s(deadline: float, what: str) -> float:
     """Seconds left before ``deadline``; ``DeadlineExceeded`` (504) when none are."""
     left = deadline - time.monotonic()
