@@ -24,7 +24,7 @@ PACKAGED_WEIGHTS = PACKAGE_DIR / "_shipped" / SHIPPED_MODEL
 def in_checkout() -> bool:
     """True when this package runs from a source checkout (``evotok/`` beside ``pyproject.toml``), not from
     site-packages."""
-    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "evotok" / "paths.py").is_file()
+    return (REPO_ROOT / "pyproject.toml").is_file()  # this file is REPO_ROOT/evotok/paths.py either way
 
 
 def default_weights_dir() -> Path:

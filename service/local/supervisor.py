@@ -37,8 +37,7 @@ def frontends_for(settings: Settings) -> int:
         return settings.frontends
     from evotok.service.runtime_setup import usable_cores
 
-    cores = usable_cores()
-    return cores if cores > 1 else 1
+    return usable_cores()  # at least 1
 
 
 @dataclass
