@@ -12,6 +12,7 @@ from evotok.service.errors import DeadlineExceeded, Overloaded
 from evotok.service.redis_protocol import ADMIT_LUA, Keys
 from tests.queue.queue_harness import RedisServer
 
+pytestmark = pytest.mark.redis
 WINDOW_MS = 10_000
 # (queued, max_entries, item_ms, batch_ms, live workers, remaining_ms, nbytes, queued_bytes, max_bytes)
 ROWS = [

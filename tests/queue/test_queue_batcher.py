@@ -68,7 +68,9 @@ async def test_no_live_worker_admits_and_a_worker_started_later_answers(redis_se
     try:
         xs = [image() for _ in range(6)]
         tasks = [asyncio.create_task(b.submit("encode", x, deadline(40))) for x in xs]
-        await asyncio.sleep(0.5)
+        end = time.monotonic() + 10
+        while redis_server.client().xlen(Keys(prefix).work("encode")) < 6 and time.monotonic() < end:
+            await asyncio.sleep(0.05)
         assert redis_server.client().xlen(Keys(prefix).work("encode")) == 6  # queued: lag for the autoscaler
         assert b.stats().ready  # the API stays ready (Redis reachable) so the traffic that wakes workers arrives
         await asyncio.sleep(2.5)

@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evotok.export.fake import FakeRuntime
@@ -19,6 +20,8 @@ from evotok.service.redis_protocol import GROUP, Keys
 from evotok.service.redis_queue import RedisBatcher
 from evotok.service.settings import Settings
 from tests.queue.queue_harness import RedisServer, WorkerProc, queue_env, wait_live_workers
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "monitoring" / "grafana" / "dashboards" / "evotok.json"
@@ -68,13 +71,20 @@ async def test_dashboard_queue_queries_equal_redis_with_two_workers(redis_server
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (rt.info.image_size, rt.info.image_size, 3), dtype=np.uint8) for _ in range(10)]
         tasks = [asyncio.create_task(batcher.submit("encode", x, time.monotonic() + 120)) for x in images]
-        await asyncio.sleep(3.0)  # both workers are inside their first (blocked) batch; two heartbeats have passed
         c = redis_server.client()
-        info = next(g for g in c.xinfo_groups(Keys(prefix).work("encode")) if g["name"] in (GROUP, GROUP.encode()))
-        truth = {"lag": int(info["lag"]), "pending": int(info["pending"])}
-        scrapes = [w.metrics() for w in workers]
-        assert truth["lag"] + truth["pending"] == 10 and truth["lag"] >= 6, truth  # each reads ahead <= 2 x cap 1
         entries, stream = queue_panel()
+        end = time.monotonic() + 30  # until both workers sit in their (blocked) first batch and a heartbeat
+        while True:                  # has published the stream gauges of that state
+            await asyncio.sleep(0.2)
+            info = next(g for g in c.xinfo_groups(Keys(prefix).work("encode")) if g["name"] in (GROUP, GROUP.encode()))
+            truth = {"lag": int(info["lag"]), "pending": int(info["pending"])}
+            scrapes = [w.metrics() for w in workers]
+            cluster = evaluate(stream, scrapes)
+            settled = (truth["lag"] + truth["pending"] == 10 and evaluate(entries, scrapes).get(("encode", "pending")) == 2
+                       and cluster.get(("encode", "lag")) == truth["lag"])
+            if settled or time.monotonic() > end:
+                break
+        assert truth["lag"] + truth["pending"] == 10 and truth["lag"] >= 6, truth  # each reads ahead <= 2 x cap 1
         per_process = evaluate(entries, scrapes)  # sum by (op, state) of each process's own items
         # both workers are inside one call (pending 1 each); what else they read is held, waiting (lag)
         assert per_process[("encode", "pending")] == 2, per_process

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from evotok.export.fake import write_fake_model_card
 from evotok.service.redis_protocol import GROUP, Keys
 from tests.queue.queue_harness import ApiProc, RedisServer, WorkerProc, png_bytes, queue_env
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
 
 def test_api_with_zero_workers_admits_and_a_late_worker_answers_all(redis_server: RedisServer, prefix: str,
@@ -32,11 +35,16 @@ def test_api_with_zero_workers_admits_and_a_late_worker_answers_all(redis_server
         def send(body: bytes) -> httpx.Response:
             return httpx.post(f"{api.url}/encode", content=body, headers={"content-type": "image/png"}, timeout=60)
 
+        def lag() -> int:
+            return next(int(g["lag"]) for g in c.xinfo_groups(work) if g["name"] in (GROUP, GROUP.encode()))
+
         with ThreadPoolExecutor(len(bodies)) as pool:
+            sent = time.monotonic()
             futures = [pool.submit(send, b) for b in bodies]
-            time.sleep(3.0)
-            lag = next(int(g["lag"]) for g in c.xinfo_groups(work) if g["name"] in (GROUP, GROUP.encode()))
-            assert lag == len(bodies) and not any(f.done() for f in futures)  # queued, waiting for a worker
+            while lag() < len(bodies) and time.monotonic() < sent + 30:
+                time.sleep(0.05)
+            time.sleep(max(0.0, sent + 3.0 - time.monotonic()))  # the worker starts 3 s after the requests
+            assert lag() == len(bodies) and not any(f.done() for f in futures)  # queued, waiting for a worker
             worker.start()
             responses = [f.result() for f in futures]
         assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
