@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from evotok.export.fake import parse_cost_ms, write_fake_model_card
-from evotok.tools.procs import RedisServer, free_port, stop_process, tree_cpu_seconds
+from evotok.tools.procs import RedisServer, child_pids, cpu_seconds, free_port, stop_process, tree_cpu_seconds
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
@@ -70,7 +70,8 @@ class Level:
     mean_batch: float  # server-side mean batch size during this level
     client_cpu_s: float  # CPU seconds of the load generator (this process) during the level
     server_cpu_s: float  # CPU seconds of the server processes (API + worker) during the level
-    protocol: str = "rest"  # "rest" (POST /encode) | "v2-http" | "v2-grpc" (Open Inference Protocol, tritonclient)
+    protocol: str = "rest"
+    runtime_cpu_s: float = 0.0  # of server_cpu_s, the runtime process's (front-end topology; 0 elsewhere)  # "rest" (POST /encode) | "v2-http" | "v2-grpc" (Open Inference Protocol, tritonclient)
 
 
 # --- the server subprocesses ------------------------------------------------------------------------------------
@@ -145,14 +146,30 @@ class Servers:
         self.worker_metrics: list[str] = []  # the workers' metrics ports (Redis path: batches run there)
         self.grpc_port = 0  # the API's Open Inference Protocol gRPC port (0: off)
 
-    def cpu_s(self) -> float:
-        return sum(tree_cpu_seconds(proc.pid) for proc in self.procs)
+    def cpu_s(self) -> tuple[float, float]:
+        """CPU seconds of every server process, and of those the runtime process's (``evotok serve`` with
+        front ends: the one that runs the model, not HTTP)."""
+        total = sum(tree_cpu_seconds(proc.pid) for proc in self.procs)
+        runtime = sum(cpu_seconds(pid) for proc in self.procs for pid in _descendants(proc.pid)
+                      if _is_runtime_process(pid))
+        return total, runtime
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
             stop_process(proc, signal.SIGTERM, 30)
         if self.redis is not None:
             self.redis.stop(signal.SIGTERM)
+
+
+def _descendants(pid: int) -> list[int]:
+    return [d for child in child_pids(pid) for d in (child, *_descendants(child))]
+
+
+def _is_runtime_process(pid: int) -> bool:
+    try:
+        return b"evotok.service.local.runtime_proc" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _settings_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -356,6 +373,7 @@ class _Pool:
     elapsed: float = 0.0
     client_cpu_s: float = 0.0
     server_cpu_s: float = 0.0
+    runtime_cpu_s: float = 0.0
     batch_sum: float = 0.0
     batch_count: float = 0.0
 
@@ -376,15 +394,16 @@ def _load(args: argparse.Namespace, servers: Servers, c: int, body: bytes,
 def _round(args: argparse.Namespace, servers: Servers, c: int, body: bytes, pool: _Pool,
            protocol: str = "rest") -> None:
     s0, n0 = _batch_stats(servers)
-    cpu0, scpu0 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
+    cpu0, (scpu0, rcpu0) = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
     lat, errors, elapsed = _load(args, servers, c, body, protocol)
-    cpu1, scpu1 = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
+    cpu1, (scpu1, rcpu1) = resource.getrusage(resource.RUSAGE_SELF), servers.cpu_s()
     s1, n1 = _batch_stats(servers)
     pool.latencies += lat
     pool.errors += errors
     pool.elapsed += elapsed
     pool.client_cpu_s += (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     pool.server_cpu_s += scpu1 - scpu0
+    pool.runtime_cpu_s += rcpu1 - rcpu0
     pool.batch_sum += s1 - s0
     pool.batch_count += n1 - n0
 
@@ -394,7 +413,8 @@ def _level(args: argparse.Namespace, path: str, config: str, c: int, pool: _Pool
     level = Level(path, config, 1 if config == "off" else args.max_batch_size, c, len(pool.latencies), pool.errors,
                   pool.elapsed, len(pool.latencies) / pool.elapsed, float(np.percentile(ms, 50)),
                   float(np.percentile(ms, 95)), float(np.percentile(ms, 99)),
-                  pool.batch_sum / max(pool.batch_count, 1), pool.client_cpu_s, pool.server_cpu_s, protocol)
+                  pool.batch_sum / max(pool.batch_count, 1), pool.client_cpu_s, pool.server_cpu_s, protocol,
+                  pool.runtime_cpu_s)
     sys.stderr.write(f"[{path} {config} {protocol}] c={c}: {level.throughput:.1f} img/s p95 {level.p95_ms:.1f} ms "
                      f"mean batch {level.mean_batch:.2f} client cpu {level.client_cpu_s:.1f} s\n")
     return level
@@ -483,13 +503,15 @@ def _runtime_limit(args: argparse.Namespace, crop: np.ndarray) -> dict[str, Any]
 
 def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespace) -> str:
     rows = ["| path | protocol | batching | max batch | clients | img/s | p50 ms | p95 ms | p99 ms | mean batch | "
-            "errors | client CPU s | server CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "errors | client CPU s | server CPU s | runtime process CPU s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for lv in sorted(levels, key=lambda lv: (args.paths.index(lv.path), args.protocols.index(lv.protocol),
                                              args.configs.index(lv.config))):
         rows.append(f"| {lv.path} | {lv.protocol} | {lv.config} | {lv.max_batch_size} | {lv.concurrency} | "
                     f"{lv.throughput:.1f} | "
                     f"{lv.p50_ms:.1f} | {lv.p95_ms:.1f} | {lv.p99_ms:.1f} | {lv.mean_batch:.2f} | {lv.errors} | "
-                    f"{lv.client_cpu_s:.1f} | {lv.server_cpu_s:.1f} |")
+                    f"{lv.client_cpu_s:.1f} | {lv.server_cpu_s:.1f} | "
+                    f"{f'{lv.runtime_cpu_s:.1f}' if lv.runtime_cpu_s else '-'} |")
     rows.append("")
     rows += _floor_lines(levels, args)
     for name, by_b in limit.get("items_per_s", {}).items():
@@ -541,8 +563,10 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
 
 
 def _floor_lines(levels: list[Level], args: argparse.Namespace) -> list[str]:
-    """Against the bare floor: server CPU per image (ours / floor) at each concurrency, and at one client our
-    p50 minus the fake runtime's own time for one item against the floor's p50."""
+    """Against the bare floor: front-end CPU per image (ours / floor) at each concurrency, and at one client our
+    p50 minus the fake runtime's own time for one item against the floor's p50. Front-end CPU is the server's
+    CPU less the runtime process's where there is one (``--frontends`` > 1); a single process (``inprocess``,
+    ``frontends=1``) cannot be split, so there it includes the runtime's work (the fake's numpy and batching)."""
     floor = {lv.concurrency: lv for lv in levels if lv.path == "floor" and lv.protocol == args.protocols[0]}
     if not floor:
         return []
@@ -552,8 +576,9 @@ def _floor_lines(levels: list[Level], args: argparse.Namespace) -> list[str]:
         f = floor.get(lv.concurrency)
         if lv.path == "floor" or f is None or not lv.requests or not f.requests:
             continue
-        ours, bare = 1000 * lv.server_cpu_s / lv.requests, 1000 * f.server_cpu_s / f.requests
-        out.append(f"{lv.path} {lv.config} c={lv.concurrency}: server CPU {ours:.2f} ms/image vs floor "
+        ours, bare = 1000 * (lv.server_cpu_s - lv.runtime_cpu_s) / lv.requests, 1000 * f.server_cpu_s / f.requests
+        what = "front-end CPU" if lv.runtime_cpu_s else "server CPU (one process, runtime included)"
+        out.append(f"{lv.path} {lv.config} c={lv.concurrency}: {what} {ours:.2f} ms/image vs floor "
                    f"{bare:.2f} ({ours / bare:.2f}x); img/s {lv.throughput / max(f.throughput, 1e-9):.2f}x the floor")
         if lv.concurrency == 1:
             out.append(f"{lv.path} {lv.config} c=1: p50 {lv.p50_ms:.2f} ms - runtime {own_ms:.2f} ms = "
@@ -605,7 +630,8 @@ def main(argv: list[str]) -> int:
                         "answer and no model: the serving stack's cost is the difference)")
     p.add_argument("--frontends", type=lambda s: s.split(","), default=None,
                    help="1,2,auto: instead of --paths, `evotok serve` with each EVOTOK_FRONTENDS (front-end processes "
-                        "feeding one runtime process; 1 = the single process); --fake serves EVOTOK_FAKE_COST_MS")
+                        "feeding one runtime process; 1 = the single process) and the bare floor, interleaved; "
+                        "--fake serves EVOTOK_FAKE_COST_MS")
     p.add_argument("--configs", type=lambda s: s.split(","), default=["off", "auto"], help="off,on,auto")
     p.add_argument("--protocols", type=lambda s: s.split(","), default=["rest"],
                    help="rest,v2-http,v2-grpc: POST /encode, and the Open Inference Protocol over HTTP (binary "
@@ -615,8 +641,8 @@ def main(argv: list[str]) -> int:
     if set(args.protocols) - {"rest"} and args.input == "npy":
         p.error("the v2 protocols send image files: use --input png or jpeg")
 
-    if args.frontends:
-        args.paths = [f"frontends={v}" for v in args.frontends]
+    if args.frontends:  # the bare floor too, interleaved with them: the front end's cost is the difference
+        args.paths = [*(f"frontends={v}" for v in args.frontends), "floor"]
     size = (256 if _real_size(args) else 64) if args.fake else _model_size(args)
     body, crop = _photo_body(size, args.input)
     levels: list[Level] = []

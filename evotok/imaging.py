@@ -49,7 +49,7 @@ from PIL import Image, ImageColor
 from evotok.image_formats import FORMATS, IMAGE_CONTENT_TYPES, served_names, sniff_format
 
 __all__ = ["IMAGE_CONTENT_TYPES", "IMAGE_ERROR_CODES", "RESIZE_MODES", "ImageError", "ImageErrorCode", "ResizeMode", "encode_png", "fit_to_model", "load_image",
-           "parse_background", "prepare_image", "sniff_format"]
+           "open_checked", "parse_background", "prepare_image", "prepare_opened", "sniff_format"]
 
 ImageErrorCode = Literal["invalid_image", "unsupported_media_type", "payload_too_large", "invalid_input"]
 IMAGE_ERROR_CODES: tuple[ImageErrorCode, ...] = ("invalid_image", "unsupported_media_type", "payload_too_large",
@@ -222,12 +222,17 @@ def load_image(data: bytes, max_pixels: int, *, max_aspect_ratio: float = DEFAUL
 
 def prepare_image(data: bytes, size: int, mode: ResizeMode, max_pixels: int, *,
                   max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO, background: RGB = WHITE) -> npt.NDArray[np.uint8]:
-    """Request bytes -> model input ``(size, size, 3)`` uint8 in [0, 255].
+    """Request bytes -> model input ``(size, size, 3)`` uint8 in [0, 255]: ``open_checked`` (header only),
+    then ``prepare_opened`` (decode and fit)."""
+    return prepare_opened(open_checked(data, max_pixels, max_aspect_ratio), size, mode, background)
+
+
+def prepare_opened(img: Image.Image, size: int, mode: ResizeMode, background: RGB = WHITE) -> npt.NDArray[np.uint8]:
+    """An image from ``open_checked`` (checked, not decoded yet) -> model input ``(size, size, 3)`` uint8.
 
     Orientation is applied to the fitted ``S x S`` result: centre crop and stretch commute with the eight
     EXIF transposes (the crop is a centred square), so the large image is never copied just to turn it.
     """
-    img = open_checked(data, max_pixels, max_aspect_ratio)
     orientation = _orientation(img)
     _draft_jpeg(img, size, mode)
     _decode(img)

@@ -26,6 +26,7 @@ from evotok import __version__
 from evotok.export.runtime import Runtime
 from evotok.service import metrics, tracing
 from evotok.service.batcher import Batcher
+from evotok.service.fast_lane import FastLane
 from evotok.service.handlers import install_handlers
 from evotok.service.inprocess import InProcessBatcher
 from evotok.service.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -113,6 +114,8 @@ def create_app(
     async def index() -> dict[str, str]:
         return {"service": "evotok", "docs": "/docs", "info": "/info", "ready": "/readyz", "metrics": "/metrics"}
 
+    direct_routes = [route for module in (encode, decode, embed) for route in module.router.routes]
+    app.add_middleware(FastLane, fastapi_app=app, routes=direct_routes)  # innermost: past FastAPI's router
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     if settings.cors_origins:  # EVOTOK_CORS_ORIGINS; empty = no CORS headers, preflights get 405

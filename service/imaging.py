@@ -33,7 +33,8 @@ from evotok.imaging import (
 from evotok.service.errors import ServiceError, error_of_code
 
 __all__ = ["IMAGE_CONTENT_TYPES", "IMAGE_ERROR_CODES", "RESIZE_MODES", "ResizeMode", "encode_png", "fit_to_model",
-           "http_error", "load_image", "parse_background", "prepare_image", "sniff_format"]
+           "http_error", "load_image", "open_checked", "parse_background", "prepare_image", "prepare_opened",
+           "sniff_format"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -56,6 +57,8 @@ def _raising_http(fn: Callable[P, T]) -> Callable[P, T]:
 
 
 prepare_image = _raising_http(pure.prepare_image)
+open_checked = _raising_http(pure.open_checked)
+prepare_opened = _raising_http(pure.prepare_opened)
 load_image = _raising_http(pure.load_image)
 fit_to_model = _raising_http(pure.fit_to_model)
 parse_background = _raising_http(pure.parse_background)

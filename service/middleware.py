@@ -101,7 +101,7 @@ class BodyLimitMiddleware:
                 await service_error_response(busy)(scope, receive, send)
                 return
             reserved = declared
-        deadline = time.monotonic() + body_timeout_s
+        loop_deadline = asyncio.get_running_loop().time() + body_timeout_s
         seen = 0
         body_done = False
 
@@ -109,9 +109,9 @@ class BodyLimitMiddleware:
             nonlocal seen, reserved, body_done
             if body_done:
                 return await receive()
-            remaining = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), timeout=max(0.0, remaining))
+                async with asyncio.timeout_at(loop_deadline):  # no task per message, as wait_for makes
+                    message = await receive()
             except TimeoutError:
                 raise RequestTimeout(f"the request body did not arrive within {body_timeout_s:g} s "
                                      f"({seen} bytes received)") from None

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from evotok.service.auth import require_api_key
 from evotok.service.codes_io import NPY_CONTENT_TYPE
+from evotok.service.fast_lane import direct, route_checks
 from evotok.service.handlers import openapi_errors
 from evotok.service.imaging import encode_png
-from evotok.service.routes.common import read_codes, submit_all, timed, timeout_header
+from evotok.service.routes.common import read_codes, submit_all, timed
+from evotok.service.routes.query import NoQuery, openapi_parameters
 from evotok.service.state import get_state
 
-router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key), Depends(timeout_header)])
+router = APIRouter(tags=["tokenizer"])
 
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
@@ -38,14 +39,16 @@ _REQUEST_BODY: dict[str, Any] = {
         "`min(depth, pixel_depth)` codes per position (fewer than `pixel_depth` decode a coarser image). "
         "Returns `image/png` of the model's input size."
     ),
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    openapi_extra={"requestBody": _REQUEST_BODY, "parameters": openapi_parameters(NoQuery)},
     response_class=Response,
     responses={
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
         **openapi_errors(401, 403, 413, 415, 422, 429, 500, 503, 504),
     },
 )
+@direct
 async def decode(request: Request) -> Response:
+    route_checks(request)
     state = get_state(request)
     info = state.model_info()
     codes = await read_codes(request, info, "decode")

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from evotok.service.auth import require_api_key
 from evotok.service.codes_io import NPY_CONTENT_TYPE, to_npy
 from evotok.service.core import Op
 from evotok.service.errors import InvalidInput
+from evotok.service.fast_lane import direct, route_checks
 from evotok.service.handlers import openapi_errors
 from evotok.service.imaging import IMAGE_CONTENT_TYPES
 from evotok.service.routes.common import (
-    BACKGROUND_DOC,
     BINARY_SCHEMA,
     RAW_IMAGE_BODIES,
     deadline_for,
@@ -26,13 +25,13 @@ from evotok.service.routes.common import (
     read_images,
     submit_all,
     timed,
-    timeout_header,
     wants_npy,
 )
+from evotok.service.routes.query import EmbedQuery, openapi_parameters, query_of
 from evotok.service.schemas import EmbedResponse
 from evotok.service.state import get_state
 
-router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key), Depends(timeout_header)])
+router = APIRouter(tags=["tokenizer"])
 
 _BINARY = BINARY_SCHEMA
 _REQUEST_BODY: dict[str, Any] = {
@@ -57,18 +56,17 @@ _REQUEST_BODY: dict[str, Any] = {
         "`dtype` picks float32 (default) or float16; `Accept: application/x-npy` returns a `.npy`."
     ),
     response_model=EmbedResponse,
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    openapi_extra={"requestBody": _REQUEST_BODY, "parameters": openapi_parameters(EmbedQuery)},
     responses={
         200: {"content": {NPY_CONTENT_TYPE: {"schema": {**_BINARY, "description": "(h*w, C) float .npy"}}}},
         **openapi_errors(401, 403, 406, 413, 415, 422, 429, 500, 503, 504),
     },
 )
-async def embed(
-    request: Request,
-    dtype: Literal["float32", "float16"] = Query("float32", description="feature dtype"),
-    resize: Literal["center-crop", "stretch", "none"] = Query("center-crop", description="image fitting (images only)"),
-    background: str | None = Query(None, description=BACKGROUND_DOC),
-) -> Response:
+@direct
+async def embed(request: Request) -> Response:
+    route_checks(request)
+    q = query_of(EmbedQuery, request)
+    dtype, resize, background = q.dtype, q.resize, q.background
     state = get_state(request)
     info = state.model_info()
     npy = wants_npy(request)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from evotok.service.auth import require_api_key
 from evotok.service.codes_io import NPY_CONTENT_TYPE, to_npy
 from evotok.service.errors import InvalidInput
+from evotok.service.fast_lane import direct, route_checks
 from evotok.service.handlers import openapi_errors
 from evotok.service.routes.common import (
-    BACKGROUND_DOC,
     BINARY_SCHEMA,
     RAW_IMAGE_BODIES,
     deadline_for,
@@ -24,13 +23,13 @@ from evotok.service.routes.common import (
     read_images,
     submit_all,
     timed,
-    timeout_header,
     wants_npy,
 )
+from evotok.service.routes.query import EncodeQuery, openapi_parameters, query_of
 from evotok.service.schemas import EncodeResponse
 from evotok.service.state import get_state
 
-router = APIRouter(tags=["tokenizer"], dependencies=[Depends(require_api_key), Depends(timeout_header)])
+router = APIRouter(tags=["tokenizer"])
 
 _BINARY = BINARY_SCHEMA
 _REQUEST_BODY: dict[str, Any] = {
@@ -71,21 +70,18 @@ _EXAMPLE = {"codes": [[[17, 405, 88], [903, 12, 7]], [[5, 5, 5], [1, 2, 3]]], "s
         "or resizing is done for them)."
     ),
     response_model=EncodeResponse,
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    openapi_extra={"requestBody": _REQUEST_BODY, "parameters": openapi_parameters(EncodeQuery)},
     responses={
         200: {"content": {"application/json": {"example": _EXAMPLE},
                           NPY_CONTENT_TYPE: {"schema": _BINARY, "description": "uint16 (h, w, depth) or (B, h, w, depth)"}}},
         **openapi_errors(401, 403, 406, 413, 415, 422, 429, 500, 503, 504),
     },
 )
-async def encode(
-    request: Request,
-    depth: int | None = Query(None, ge=1, description="return only the first `depth` codes per position (1..D)"),
-    resize: Literal["center-crop", "stretch", "none"] = Query(
-        "center-crop", description="how to fit the image to the model input"
-    ),
-    background: str | None = Query(None, description=BACKGROUND_DOC),
-) -> Response:
+@direct
+async def encode(request: Request) -> Response:
+    route_checks(request)
+    q = query_of(EncodeQuery, request)
+    depth, resize, background = q.depth, q.resize, q.background
     state = get_state(request)
     info = state.model_info()
     if depth is not None and depth > info.num_depths:
