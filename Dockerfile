@@ -4,7 +4,8 @@
 #   docker build --target cpu -t evotok-serve:cpu .   # python slim + onnxruntime (CPU) + torch CPU   (default)
 #   docker build --target gpu -t evotok-serve:gpu .   # NVIDIA TensorRT base + onnxruntime-gpu + TensorRT
 #
-# Entry points (deploy/docker/entrypoint.sh): `api` (default), `worker`, `export [ARGS]`, `healthcheck`.
+# Entry points (deploy/docker/entrypoint.sh): `api` (default), `serve` (= `api`, named for where `evotok serve`
+# runs the model itself: compose's `evotok` service on the GPU image), `worker`, `export [ARGS]`, `healthcheck`.
 # Engines are built on first start into the cache volume $EVOTOK_CACHE_DIR when missing.
 # Dependencies are installed from pyproject.toml before the source is copied, so code changes reuse them.
 # See docs/deployment.md for the choices (base images, CUDA 13 for onnxruntime-gpu, torch CPU build).

@@ -52,14 +52,15 @@ class FastLane:
         self.table: dict[tuple[str, str], Endpoint] = {
             (method, route.path): route.endpoint for route in routes
             if isinstance(route, APIRoute) and getattr(route.endpoint, "evotok_direct", False)
-            for method in route.methods}  # (method, path) -> the ``@direct`` route function
+            for method in route.methods or ()}  # (method, path) -> the ``@direct`` route function
 
     def handler_for(self, exc: Exception) -> Handler:
         """The app's exception handler for ``exc`` (nearest class in its MRO), as Starlette would pick it."""
-        handlers: dict[Any, Handler] = self.fastapi_app.exception_handlers
+        handlers: dict[Any, Any] = self.fastapi_app.exception_handlers
         for cls in type(exc).__mro__:
             if cls in handlers:
-                return handlers[cls]
+                handler: Handler = handlers[cls]  # ours are all async (handlers.install_handlers)
+                return handler
         raise exc  # no handler, not even for Exception: let the server's error middleware answer 500
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -121,8 +121,20 @@ RUNTIME_CALL_AGE = Gauge(
 )
 
 # --- workers ----------------------------------------------------------------------------------------
-WORKER_READY = Gauge("evotok_worker_ready", "1 when the runtime is loaded and Redis is reachable",
-                     multiprocess_mode="livesum")
+_WORKER_READY: Gauge | None = None
+
+
+def worker_ready() -> Gauge:
+    """``evotok_worker_ready`` (1 when the runtime is loaded and Redis is reachable), created on first use: only
+    ``evotok worker`` processes export it, so an API process (either topology) does not export a 0 that the
+    ``EvotokWorkerNotReady`` alert would read as a worker not ready."""
+    global _WORKER_READY
+    if _WORKER_READY is None:
+        _WORKER_READY = Gauge("evotok_worker_ready", "1 when the runtime is loaded and Redis is reachable",
+                              multiprocess_mode="livesum")
+    return _WORKER_READY
+
+
 HEARTBEATS = Counter("evotok_worker_heartbeats", "Heartbeats written by this worker", ["outcome"])
 LIVE_WORKERS = Gauge("evotok_workers_live", "Workers with a heartbeat inside the liveness window",
                      multiprocess_mode="livemax")

@@ -89,10 +89,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535, description="Open Inference Protocol (KServe v2) gRPC port, served by `evotok serve` beside the HTTP API (0 = off)")
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
-    frontends: int = Field(1, ge=0, le=256, description="`evotok serve` (in-process queue): HTTP front-end "
-                           "processes sharing the port and feeding one runtime process (service/local/); 0 = auto "
-                           "= the usable cores when more than one, else one process; 1 = one process holding HTTP "
-                           "and the runtime")
+    frontends: int = Field(0, ge=0, le=256, description="`evotok serve` (in-process queue): HTTP front-end "
+                           "processes sharing the port and feeding one runtime process (service/local/); 0 (the "
+                           "default) = auto = the usable cores when more than one, else one process; 1 = one "
+                           "process holding HTTP and the runtime")
     fake_cost_ms: str = Field("", pattern=r"^$|^[0-9.]+,[0-9.]+$", description="`A,b`: serve a FakeRuntime of the "
                               "real model's size (256 px, 16x16x16 codes) whose batch of B costs A + b*B ms, to "
                               "measure the front end as deployed; empty = the configured model")

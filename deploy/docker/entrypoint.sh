@@ -2,6 +2,8 @@
 # EvoTok container entry point.
 #
 #   api                 evotok serve on 0.0.0.0:$EVOTOK_PORT (builds engines first unless EVOTOK_QUEUE=redis)
+#   serve               the same; the name compose's `evotok` service uses on the GPU image, where
+#                       `evotok serve` (in-process queue) runs the model itself: front ends + runtime process
 #   worker              evotok worker (Redis Streams consumer; builds engines first)
 #   export [ARGS...]    evotok export --cache-dir $EVOTOK_CACHE_DIR [ARGS...] (e.g. --trt, --check)
 #   healthcheck         exit 0 when the process in this container answers /healthz
@@ -70,7 +72,7 @@ ensure_engines() {
 cmd="${1:-api}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
-    api)
+    api|serve)
         [ "${EVOTOK_QUEUE:-inprocess}" = redis ] || ensure_engines
         exec evotok serve --host "${EVOTOK_HOST:-0.0.0.0}" --port "${EVOTOK_PORT:-8000}" "$@"
         ;;

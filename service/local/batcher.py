@@ -227,17 +227,27 @@ class LocalBatcher(Batcher):
                 self.slots.put(slot, arr)
         header = {"t": "s", "id": item, "op": op, "dt": arr.dtype.str, "sh": list(arr.shape),
                   "dl": protocol.wall_of(deadline), "slot": slot}
-        future: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Array] = loop.create_future()
         self._pending[item] = Pending(future, slot, op)
         writer.writelines(protocol.pack(header, b"" if slot >= 0 else arr.data.cast("B")))
+        # one timer instead of wait_for's waiter and callbacks; the runtime process counts its own deadline drop
+        timer = loop.call_later(deadline - now, self._expire, future, deadline - now)
         try:
-            return await asyncio.wait_for(future, timeout=deadline - now)
-        except TimeoutError:  # the runtime process counts its own deadline drop; nothing counted here
+            return await future
+        except DeadlineExceeded:
             self._cancel(item, writer)
-            raise DeadlineExceeded(f"no result within the request deadline ({deadline - now:.3f} s)") from None
+            raise
         except asyncio.CancelledError:
             self._cancel(item, writer)
             raise
+        finally:
+            timer.cancel()
+
+    @staticmethod
+    def _expire(future: asyncio.Future[Array], budget_s: float) -> None:
+        if not future.done():
+            future.set_exception(DeadlineExceeded(f"no result within the request deadline ({budget_s:.3f} s)"))
 
     def _cancel(self, item: int, writer: asyncio.StreamWriter) -> None:
         """The caller is gone: the runtime process skips the item (its answer still frees the slot)."""

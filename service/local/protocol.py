@@ -28,7 +28,6 @@ Runtime -> front end:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import struct
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from evotok.export.types import ModelInfo
 
@@ -48,7 +48,7 @@ MAX_BODY = 1 << 30
 
 def pack(header: dict[str, Any], body: bytes | memoryview = b"") -> list[bytes | memoryview]:
     """A frame as the buffers to write (the body is not copied)."""
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     out: list[bytes | memoryview] = [FRAME.pack(len(head), len(body)) + head]
     if len(body):
         out.append(body)
@@ -60,7 +60,7 @@ async def read_frame(reader: Any) -> tuple[dict[str, Any], bytes]:
     hlen, blen = FRAME.unpack(await reader.readexactly(FRAME.size))
     if hlen > MAX_HEADER or blen > MAX_BODY:
         raise ConnectionError(f"frame too large ({hlen}, {blen}); not an evotok peer")
-    header: dict[str, Any] = json.loads(await reader.readexactly(hlen))
+    header: dict[str, Any] = orjson.loads(await reader.readexactly(hlen))
     body = await reader.readexactly(blen) if blen else b""
     return header, body
 

@@ -97,7 +97,7 @@ class Consumer:
                 if self.need_setup:
                     self._setup()
                 if not self.redis_ok:
-                    metrics.WORKER_READY.set(1)
+                    metrics.worker_ready().set(1)
                 self.redis_ok, backoff = True, 0.1
                 if not self._stop.is_set():
                     self._maybe_autoclaim()
@@ -107,7 +107,7 @@ class Consumer:
                     log.warning("redis unavailable (%s); reconnecting", exc)
                     metrics.REDIS_RECONNECTS.inc()
                 self.redis_ok, self.need_setup = False, True
-                metrics.WORKER_READY.set(0)
+                metrics.worker_ready().set(0)
                 self.entries.clear()  # still pending in Redis: recovered on reconnect or reclaimed by peers
                 self._stop.wait(backoff)
                 backoff = min(0.25, backoff * 2)
@@ -134,7 +134,7 @@ class Consumer:
             self.on_connect()  # count as live at once (with the timing estimates)
         self.need_setup = False
         self.redis_ok = True
-        metrics.WORKER_READY.set(1)
+        metrics.worker_ready().set(1)
         streams: dict[Any, Any] = {self.keys.work(op): "0" for op in OPS}
         raw = flatten(self.redis.xreadgroup(GROUP, self.opts.name, streams))
         raw = [e for e in raw if e.fields is not None]

@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
         consumer.run()
     finally:
         heartbeat.stop()
-        metrics.WORKER_READY.set(0)
+        metrics.worker_ready().set(0)
         _leave(client, keys, args.name)
         log.info("worker %s stopped after %d batches", args.name, consumer.batches_done)
         server.shutdown()

@@ -222,6 +222,21 @@ def test_entrypoint_tensorrt_needs_a_gpu(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="util-linux flock missing")
+def test_entrypoint_serve_builds_tensorrt_engines_then_serves(tmp_path: Path) -> None:
+    """`serve` (compose's `evotok` on the GPU image): the in-process service runs the model, so TensorRT
+    engines are built first, then `evotok serve` (which starts the front ends and the runtime process)."""
+    gpu = {"EVOTOK_BACKEND": "tensorrt", "EVOTOK_DEVICE": "cuda", "EVOTOK_PRECISION": "fp16"}
+    res = _entry(tmp_path, "serve", gpu=True, EVOTOK_QUEUE="inprocess", **gpu)
+    assert res.returncode == 0, res.stderr
+    assert _calls(tmp_path) == [
+        f"export --cache-dir {tmp_path / 'cache'} --trt --precision fp16",
+        "serve --host 0.0.0.0 --port 8000",
+    ]
+    assert _entry(tmp_path, "serve", gpu=True, **gpu).returncode == 0  # engines reused
+    assert _calls(tmp_path)[2:] == ["serve --host 0.0.0.0 --port 8000"]
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="util-linux flock missing")
 def test_entrypoint_concurrent_starts_build_once(tmp_path: Path) -> None:
     """Two workers sharing one cache volume: the lock makes the second wait and reuse the build."""
     results: list[subprocess.CompletedProcess[str]] = []

@@ -82,9 +82,10 @@ def test_documented_tags_are_what_the_chart_pulls(recorded: list[list[str]]) -> 
 
 def test_compose_builds_the_same_tags() -> None:
     for files in (("docker-compose.yml",), ("docker-compose.yml", "docker-compose.cpu.yml")):
-        res = run_compose(["config", "--format", "json"], env=env_example(), files=files)
+        profiles = ["--profile", "queue", "--profile", "queue-multi-gpu", "--profile", "multi-gpu"]
+        res = run_compose([*profiles, "config", "--format", "json"], env=env_example(), files=files)
         assert res.returncode == 0, res.stderr
         services = res.json()["services"]
-        for name in ("api", "worker"):
+        for name in ("evotok", "evotok-1", "api", "worker", "worker-1"):
             target = services[name]["build"]["target"]
             assert services[name]["image"] == f"evotok-serve:{VERSION}-{target}", (files, name)

@@ -144,5 +144,8 @@ def test_prometheus_scrapes_api_and_worker_ports() -> None:
         == Settings.model_fields["worker_metrics_port"].default
     )
     assert set(jobs["evotok-worker"]["dns_sd_configs"][0]["names"]) == {"worker", "worker-1"}
+    # the default compose topology: `evotok serve` per GPU, whole-container metrics on the HTTP port
+    assert set(jobs["evotok"]["dns_sd_configs"][0]["names"]) == {"evotok", "evotok-1"}
+    assert jobs["evotok"]["dns_sd_configs"][0]["port"] == Settings.model_fields["port"].default
     assert cfg["rule_files"] == ["/etc/prometheus/alerts.yml"]
     assert Path(MON / "alerts.yml").exists()

@@ -110,21 +110,27 @@ def test_rendered_chart_keeps_large_integers_integral(rendered_default: Rendered
     assert cm["EVOTOK_MAX_IMAGE_PIXELS"] == "40000000"
 
 
+# every profile of docker-compose.yml, so that each service resolves
+ALL_PROFILES = ["--profile", "queue", "--profile", "queue-multi-gpu", "--profile", "multi-gpu"]
+
+
 @pytest.mark.parametrize(
-    ("files", "services"),
-    [
-        (("docker-compose.yml",), ("api", "worker")),
-        (("docker-compose.yml", "docker-compose.cpu.yml"), ("api", "worker", "worker-1")),
-    ],
+    "files",
+    [("docker-compose.yml",), ("docker-compose.yml", "docker-compose.cpu.yml")],
     ids=["default", "cpu"],
 )
-def test_compose_env_parses_into_settings(files: tuple[str, ...], services: tuple[str, ...]) -> None:
-    res = run_compose(
-        ["--profile", "multi-gpu", "config", "--format", "json"], env=env_example(), files=files
-    )
+def test_compose_env_parses_into_settings(files: tuple[str, ...]) -> None:
+    res = run_compose([*ALL_PROFILES, "config", "--format", "json"], env=env_example(), files=files)
     assert res.returncode == 0, res.stderr
     cfg = res.json()
-    for name in services:
+    # the single-host topology: in-process queue, auto front ends, no Redis
+    for name in ("evotok", "evotok-1"):
+        env = {k: str(v) for k, v in cfg["services"][name]["environment"].items() if k.startswith("EVOTOK_")}
+        s = _settings_from_env(env)
+        assert s.queue == "inprocess" and s.frontends == 0 and s.workers == 1, name
+        assert s.redis_password is None and s.host == "0.0.0.0", name
+        assert [k.get_secret_value() for k in s.api_keys] == ["change-me-to-a-long-random-token"], name
+    for name in ("api", "worker", "worker-1"):
         env = {k: str(v) for k, v in cfg["services"][name]["environment"].items() if k.startswith("EVOTOK_")}
         s = _settings_from_env(env)
         assert s.queue == "redis" and s.redis_url == "redis://redis:6379/0", name
@@ -143,15 +149,15 @@ def test_compose_env_parses_into_settings(files: tuple[str, ...], services: tupl
 DEPLOYMENT_FIELDS = {
     "weights": "the model's path inside the image",
     "cache_dir": "the engine cache volume",
-    "queue": "API and workers are separate processes that talk through Redis",
+    "queue": "API and workers (profile `queue`) are separate processes that talk through Redis",
     "redis_url": "the deployment's Redis",
     "redis_password": "a secret",
     "api_keys": "a secret",
     "host": "listen on the container/pod network, not loopback",
     "log_json": "log collectors read JSON lines",
 }
-# What makes a GPU worker (compose `worker`, the chart's worker.settings): TensorRT fp16, whose codes agree
-# with the fp32 reference at 0.99 rather than bit for bit.
+# What makes a process run the model on a GPU (compose `evotok` and `worker`, the chart's worker.settings):
+# TensorRT fp16, whose codes agree with the fp32 reference at 0.99 rather than bit for bit.
 GPU_WORKER_FIELDS = {"backend", "device", "precision", "self_test_threshold"}
 # The documented CPU layout (docker-compose.cpu.yml, values-cpu.yaml): one single-thread worker per core.
 CPU_WORKER_FIELDS = {"threads"}
@@ -193,7 +199,7 @@ def test_chart_cpu_values_follow_the_cpu_layout(rendered_cpu: Rendered) -> None:
 
 
 def _compose_env(files: tuple[str, ...], service: str) -> Settings:
-    res = run_compose(["--profile", "multi-gpu", "config", "--format", "json"], env=env_example(), files=files)
+    res = run_compose([*ALL_PROFILES, "config", "--format", "json"], env=env_example(), files=files)
     assert res.returncode == 0, res.stderr
     env = res.json()["services"][service]["environment"]
     return _settings_from_env({k: str(v) for k, v in env.items() if k.startswith("EVOTOK_")})
@@ -202,10 +208,20 @@ def _compose_env(files: tuple[str, ...], service: str) -> Settings:
 def test_compose_defaults_are_settings_defaults() -> None:
     base = ("docker-compose.yml",)
     assert _drift(_compose_env(base, "api"), set(DEPLOYMENT_FIELDS)) == {}
-    for name in ("worker", "worker-1"):
-        worker = _compose_env(base, name)
-        assert _drift(worker, set(DEPLOYMENT_FIELDS) | GPU_WORKER_FIELDS) == {}, name
-        assert (worker.backend, worker.device, worker.precision) == ("tensorrt", "cuda", "fp16")
+    for name in ("worker", "worker-1", "evotok", "evotok-1"):
+        s = _compose_env(base, name)
+        assert _drift(s, set(DEPLOYMENT_FIELDS) | GPU_WORKER_FIELDS) == {}, name
+        assert (s.backend, s.device, s.precision) == ("tensorrt", "cuda", "fp16")
+    # `evotok` keeps Settings' queue and front ends (inprocess, 0 = auto), so the drift check covers them
+    assert _compose_env(base, "evotok").queue == _defaults().queue == "inprocess"
+
+
+def test_cpu_compose_evotok_is_settings_defaults() -> None:
+    """On a CPU host the single-host service is Settings' defaults but for the deployment fields: ONNX Runtime
+    CPU fp32, auto front ends and auto runtime lanes (one single-thread call per core)."""
+    files = ("docker-compose.yml", "docker-compose.cpu.yml")
+    for name in ("evotok", "evotok-1"):
+        assert _drift(_compose_env(files, name), set(DEPLOYMENT_FIELDS)) == {}, name
 
 
 def test_cpu_compose_runs_single_thread_workers() -> None:
@@ -214,7 +230,11 @@ def test_cpu_compose_runs_single_thread_workers() -> None:
     worker = _compose_env(files, "worker")
     assert _drift(worker, set(DEPLOYMENT_FIELDS) | CPU_WORKER_FIELDS) == {}
     assert (worker.backend, worker.device, worker.threads) == ("onnxruntime", "cpu", 1)
-    res = run_compose(["config", "--format", "json"], env={**env_example(), "CPU_WORKERS": "4"}, files=files)
+    res = run_compose(
+        ["--profile", "queue", "config", "--format", "json"],
+        env={**env_example(), "CPU_WORKERS": "4"},
+        files=files,
+    )
     assert res.json()["services"]["worker"]["deploy"]["replicas"] == 4
 
 
