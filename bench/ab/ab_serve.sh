@@ -9,15 +9,16 @@ py="$repo/.venv/bin/python"
 old=$(mktemp -d /tmp/evotok-ab-XXXXXX)
 git -C "$repo" worktree add -f --detach "$old" "$commit" -q
 logs=$(mktemp -d)
-cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; git -C "$repo" worktree remove -f "$old"; }
+# `exec` below: the jobs are the servers themselves, so SIGTERM reaches them (a supervisor drains its children)
+cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; git -C "$repo" worktree remove -f "$old"; rm -rf "$logs"; }
 trap cleanup EXIT
 export EVOTOK_FAKE_COST_MS=2,0.1 EVOTOK_GRPC_PORT=0 EVOTOK_MAX_BATCH_SIZE=32 EVOTOK_BATCH_CAP=32 \
   EVOTOK_LOG_LEVEL=warning EVOTOK_MAX_QUEUE_SIZE=1024 EVOTOK_WARMUP_BATCH_SIZES='[1,32]' EVOTOK_MAX_QUEUE_DELAY_MS=0
 port() { "$py" -c 'from evotok.tools.procs import free_port; print(free_port())'; }
 p_old=$(port); p_new=$(port); p_one=$(port)
-(cd /tmp && EVOTOK_FRONTENDS=1 "$py" "$repo/bench/ab/checkout_cli.py" "$old" serve --host 127.0.0.1 --port "$p_old" > "$logs/old.log" 2>&1) &
-(cd /tmp && EVOTOK_FRONTENDS=0 "$py" -m evotok.cli serve --host 127.0.0.1 --port "$p_new" > "$logs/auto.log" 2>&1) &
-(cd /tmp && EVOTOK_FRONTENDS=1 "$py" -m evotok.cli serve --host 127.0.0.1 --port "$p_one" > "$logs/one.log" 2>&1) &
+(cd /tmp && EVOTOK_FRONTENDS=1 exec "$py" "$repo/bench/ab/checkout_cli.py" "$old" serve --host 127.0.0.1 --port "$p_old" > "$logs/old.log" 2>&1) &
+(cd /tmp && EVOTOK_FRONTENDS=0 exec "$py" -m evotok.cli serve --host 127.0.0.1 --port "$p_new" > "$logs/auto.log" 2>&1) &
+(cd /tmp && EVOTOK_FRONTENDS=1 exec "$py" -m evotok.cli serve --host 127.0.0.1 --port "$p_one" > "$logs/one.log" 2>&1) &
 for p in $p_old $p_new $p_one; do
   for _ in $(seq 120); do curl -sf "127.0.0.1:$p/readyz" > /dev/null && break; sleep 1; done
 done
