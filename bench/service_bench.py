@@ -83,7 +83,13 @@ def _floor(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--size", type=int, required=True)
+    p.add_argument("--sleep-ms", type=float, default=0.0,
+                   help="floor-thread: also sleep this long per request on one worker thread (a runtime's own "
+                        "time, handed to another thread as every server that runs a model off the loop does)")
     args = p.parse_args(argv)
+    import asyncio as aio
+    from concurrent.futures import ThreadPoolExecutor
+
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -94,6 +100,7 @@ def _floor(argv: list[str]) -> int:
     from evotok.service.imaging import prepare_image
 
     answer = to_npy(np.zeros((16, 16, 16), np.uint16))
+    runtime_thread = ThreadPoolExecutor(1)
 
     async def encode(request: Request) -> Response:
         body = await request.body()
@@ -101,6 +108,8 @@ def _floor(argv: list[str]) -> int:
             np.load(io.BytesIO(body), allow_pickle=False)
         else:
             prepare_image(body, args.size, "center-crop", 40_000_000)  # on the loop: no thread hop either
+        if args.sleep_ms:
+            await aio.get_running_loop().run_in_executor(runtime_thread, time.sleep, args.sleep_ms / 1000)
         return Response(answer, media_type="application/x-npy")
 
     async def ready(_request: Request) -> Response:
@@ -241,10 +250,12 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
             servers.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "evotok.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                  "--log-level", "warning"], cwd=REPO, env=env))
-        elif path == "floor":
+        elif path in ("floor", "floor-thread"):
             size = 256 if args.fake else _model_size(args)
+            sleep_ms = sum(parse_cost_ms(args.fake_cost_ms) or (0.0, 0.0)) if path == "floor-thread" else 0.0
             servers.procs.append(subprocess.Popen([sys.executable, str(HERE), "_floor", "--port", str(port),
-                                                   "--size", str(size)], cwd=REPO, env=env))
+                                                   "--size", str(size), "--sleep-ms", str(sleep_ms)],
+                                                  cwd=REPO, env=env))
         elif path == "inprocess":
             cmd = [sys.executable, str(HERE), "_serve", "--port", str(port)]
             if args.fake:
@@ -532,7 +543,7 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
                 rows.append(f"c={c}: {protocol}/{b.protocol} throughput {a.throughput / max(b.throughput, 1e-9):.2f}x, "
                             f"p50 {a.p50_ms:.1f} vs {b.p50_ms:.1f} ms, p95 {a.p95_ms:.1f} vs {b.p95_ms:.1f} ms")
     levels = [lv for lv in levels if lv.protocol == args.protocols[0]]  # batching comparisons: one protocol
-    for path in (p for p in args.paths if p != "floor"):
+    for path in (p for p in args.paths if not p.startswith("floor")):
         by = {lv.config: lv for lv in levels if lv.path == path and lv.concurrency == top}
         for cfg in args.configs:
             best = max((lv.throughput for lv in levels if lv.path == path and lv.config == cfg), default=0.0)
@@ -568,28 +579,34 @@ def _floor_lines(levels: list[Level], args: argparse.Namespace) -> list[str]:
     CPU less the runtime process's where there is one (``--frontends`` > 1); a single process (``inprocess``,
     ``frontends=1``) cannot be split, so there it includes the runtime's work (the fake's numpy and batching)."""
     floor = {lv.concurrency: lv for lv in levels if lv.path == "floor" and lv.protocol == args.protocols[0]}
+    threaded = {lv.concurrency: lv for lv in levels if lv.path == "floor-thread" and lv.protocol == args.protocols[0]}
     if not floor:
         return []
     own_ms = sum(a * b for a, b in zip((1.0, 1.0), parse_cost_ms(args.fake_cost_ms), strict=True)) if args.fake else 0.0
     out = []
     for lv in levels:
         f = floor.get(lv.concurrency)
-        if lv.path == "floor" or f is None or not lv.requests or not f.requests:
+        if lv.path.startswith("floor") or f is None or not lv.requests or not f.requests:
             continue
         ours, bare = 1000 * (lv.server_cpu_s - lv.runtime_cpu_s) / lv.requests, 1000 * f.server_cpu_s / f.requests
         what = "front-end CPU" if lv.runtime_cpu_s else "server CPU (one process, runtime included)"
         out.append(f"{lv.path} {lv.config} c={lv.concurrency}: {what} {ours:.2f} ms/image vs floor "
                    f"{bare:.2f} ({ours / bare:.2f}x); img/s {lv.throughput / max(f.throughput, 1e-9):.2f}x the floor")
-        if lv.concurrency == 1:
+        if lv.concurrency == 1 and lv.path != "floor-thread":
             out.append(f"{lv.path} {lv.config} c=1: p50 {lv.p50_ms:.2f} ms - runtime {own_ms:.2f} ms = "
                        f"{lv.p50_ms - own_ms:.2f} ms vs floor p50 {f.p50_ms:.2f} ms "
                        f"({(lv.p50_ms - own_ms) / max(f.p50_ms, 1e-9):.2f}x)")
+            t = threaded.get(1)
+            if t is not None and t.requests:
+                out.append(f"{lv.path} {lv.config} c=1: p50 {lv.p50_ms:.2f} ms vs floor-thread p50 {t.p50_ms:.2f} ms "
+                           f"(the floor sleeping the runtime's {own_ms:.2f} ms on one thread): "
+                           f"{(lv.p50_ms - own_ms) / max(t.p50_ms - own_ms, 1e-9):.2f}x beside the runtime's time")
     return out
 
 
 def _real_size(args: argparse.Namespace) -> bool:
     """The fake runtime at the shipped model's size (256 px, 16x16x16 codes): with front ends and the floor."""
-    return bool(args.frontends) or "floor" in args.paths
+    return bool(args.frontends) or any(p.startswith("floor") for p in args.paths)
 
 
 def _model_size(args: argparse.Namespace) -> int:
@@ -626,8 +643,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--fake", action="store_true", help="FakeRuntime with a sleep cost model (64 px model card)")
     p.add_argument("--fake-cost-ms", default="20,1", help="A,B: a batch of B items costs A + B*b ms")
     p.add_argument("--paths", type=lambda s: s.split(","), default=["inprocess"],
-                   help="inprocess,redis,floor (floor: a bare Starlette process, the same image decoding, a fixed "
-                        "answer and no model: the serving stack's cost is the difference)")
+                   help="inprocess,redis,floor,floor-thread (floor: a bare Starlette process, the same image decoding, "
+                        "a fixed answer and no model: the serving stack's cost is the difference; floor-thread: the "
+                        "same, also sleeping the fake runtime's time for one item on one worker thread)")
     p.add_argument("--frontends", type=lambda s: s.split(","), default=None,
                    help="1,2,auto: instead of --paths, `evotok serve` with each EVOTOK_FRONTENDS (front-end processes "
                         "feeding one runtime process; 1 = the single process) and the bare floor, interleaved; "
@@ -642,7 +660,8 @@ def main(argv: list[str]) -> int:
         p.error("the v2 protocols send image files: use --input png or jpeg")
 
     if args.frontends:  # the bare floor too, interleaved with them: the front end's cost is the difference
-        args.paths = [*(f"frontends={v}" for v in args.frontends), "floor"]
+        args.paths = [*(f"frontends={v}" for v in args.frontends), "floor",
+                      *(["floor-thread"] if args.fake else [])]
     size = (256 if _real_size(args) else 64) if args.fake else _model_size(args)
     body, crop = _photo_body(size, args.input)
     levels: list[Level] = []
