@@ -137,20 +137,42 @@ class BodyLimitMiddleware:
             budget.release(reserved)
 
 
+class _EndpointMetrics:
+    """One endpoint's metric children, looked up once (``labels()`` per request cost more than the updates)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.in_flight = metrics.HTTP_IN_FLIGHT.labels(endpoint)
+        self.duration = metrics.HTTP_DURATION.labels(endpoint)
+        self.by_code: dict[int, Any] = {}
+        self.payload = ((metrics.PAYLOAD_BYTES.labels(endpoint, "in"), metrics.PAYLOAD_BYTES.labels(endpoint, "out"))
+                        if endpoint in ("encode", "decode", "embed", "v2_infer") else None)
+
+    def requests(self, code: int) -> Any:
+        child = self.by_code.get(code)
+        if child is None:
+            child = self.by_code[code] = metrics.HTTP_REQUESTS.labels(self.endpoint, str(code))
+        return child
+
+
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._children: dict[str, _EndpointMetrics] = {}  # endpoint_of_path gives a bounded set of names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         endpoint = endpoint_of_path(scope.get("path", ""))
+        m = self._children.get(endpoint)
+        if m is None:
+            m = self._children[endpoint] = _EndpointMetrics(endpoint)
         status = {"code": 500}
         sizes = {"in": 0, "out": 0}
         start = time.perf_counter()
         scope.setdefault(ARRIVAL_KEY, time.monotonic())  # the request's deadline counts from here
-        in_flight = metrics.HTTP_IN_FLIGHT.labels(endpoint)
+        in_flight = m.in_flight
         in_flight.inc()
 
         async def counting_receive() -> Message:
@@ -170,8 +192,8 @@ class MetricsMiddleware:
             await self.app(scope, counting_receive, recording_send)
         finally:
             in_flight.dec()
-            metrics.HTTP_REQUESTS.labels(endpoint, str(status["code"])).inc()
-            metrics.HTTP_DURATION.labels(endpoint).observe(time.perf_counter() - start)
-            if endpoint in ("encode", "decode", "embed", "v2_infer"):
-                metrics.PAYLOAD_BYTES.labels(endpoint, "in").observe(sizes["in"])
-                metrics.PAYLOAD_BYTES.labels(endpoint, "out").observe(sizes["out"])
+            m.requests(status["code"]).inc()
+            m.duration.observe(time.perf_counter() - start)
+            if m.payload is not None:
+                m.payload[0].observe(sizes["in"])
+                m.payload[1].observe(sizes["out"])

@@ -53,7 +53,7 @@ class LocalBatcher(Batcher):
         self.n_slots = slots
         self.slots: protocol.Slots | None = None
         self._status: dict[str, Any] | None = None  # the runtime process's last status (None: not connected)
-        self._writer: asyncio.StreamWriter | None = None
+        self._writer: protocol.FrameWriter | None = None
         self._pending: dict[int, Pending] = {}
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
@@ -82,20 +82,20 @@ class LocalBatcher(Batcher):
                 await asyncio.sleep(0.05)
                 continue
             self.connects += 1
-            self._writer = writer
+            out = self._writer = protocol.FrameWriter(writer)
             try:
-                await self._read(reader, writer)
+                await self._read(reader, out)
             except (asyncio.IncompleteReadError, ConnectionError, OSError):
                 pass
             except Exception:
                 log.exception("runtime connection failed")
             finally:
-                self._lose(writer)
+                self._lose(out)
             if not self._draining:
                 log.warning("connection to the runtime process lost; reconnecting")
                 await asyncio.sleep(0.05)
 
-    def _lose(self, writer: asyncio.StreamWriter) -> None:
+    def _lose(self, writer: protocol.FrameWriter) -> None:
         self._writer, self._status = None, None
         writer.close()
         metrics.READY.set(0)
@@ -110,7 +110,7 @@ class LocalBatcher(Batcher):
         if self.slots is not None:
             self.slots.reset()  # nobody reads them any more
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: protocol.FrameWriter) -> None:
         attached = False  # the slot block is announced on each connection, once the model's size is known
         while True:
             header, body = await protocol.read_frame(reader)
@@ -124,7 +124,7 @@ class LocalBatcher(Batcher):
                     attached = True
                 self._apply(header)
 
-    def _attach(self, writer: asyncio.StreamWriter, status: dict[str, Any]) -> None:
+    def _attach(self, writer: protocol.FrameWriter, status: dict[str, Any]) -> None:
         """Make (once) this front end's slot block for the model's item size and tell the runtime process."""
         size = protocol.slot_bytes_for(ModelInfo(**status["info"]))
         if self.slots is not None and self.slots.size != size:
@@ -137,8 +137,8 @@ class LocalBatcher(Batcher):
                 log.warning("no shared memory for the hand-off (%s); payloads go through the socket", exc)
                 self.n_slots = 0
         if self.slots is not None:
-            writer.writelines(protocol.pack({"t": "attach", "shm": self.slots.name, "slots": self.slots.n,
-                                             "slot_bytes": self.slots.size}))
+            writer.send({"t": "attach", "shm": self.slots.name, "slots": self.slots.n,
+                         "slot_bytes": self.slots.size})
 
     def _apply(self, st: dict[str, Any]) -> None:
         state = self._state
@@ -230,7 +230,7 @@ class LocalBatcher(Batcher):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Array] = loop.create_future()
         self._pending[item] = Pending(future, slot, op)
-        writer.writelines(protocol.pack(header, b"" if slot >= 0 else arr.data.cast("B")))
+        writer.send(header, b"" if slot >= 0 else arr.data.cast("B"))
         # one timer instead of wait_for's waiter and callbacks; the runtime process counts its own deadline drop
         timer = loop.call_later(deadline - now, self._expire, future, deadline - now)
         try:
@@ -249,10 +249,10 @@ class LocalBatcher(Batcher):
         if not future.done():
             future.set_exception(DeadlineExceeded(f"no result within the request deadline ({budget_s:.3f} s)"))
 
-    def _cancel(self, item: int, writer: asyncio.StreamWriter) -> None:
+    def _cancel(self, item: int, writer: protocol.FrameWriter) -> None:
         """The caller is gone: the runtime process skips the item (its answer still frees the slot)."""
         if item in self._pending and writer is self._writer and not writer.is_closing():
-            writer.writelines(protocol.pack({"t": "c", "id": item}))
+            writer.send({"t": "c", "id": item})
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Refuse new work, wait for the answers of what this front end sent (up to ``timeout_s``), answer the

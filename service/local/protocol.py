@@ -27,7 +27,9 @@ Runtime -> front end:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import os
 import secrets
 import struct
@@ -53,6 +55,36 @@ def pack(header: dict[str, Any], body: bytes | memoryview = b"") -> list[bytes |
     if len(body):
         out.append(body)
     return out
+
+
+class FrameWriter:
+    """Frames to one peer, written once per event-loop turn: the frames sent in one turn (the items a front end
+    submits, the answers of one batch) go out in one write, one system call instead of one each (profiled under
+    load: the per-item write was the front end's largest cost after image decoding). Order is kept."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer  # an asyncio.StreamWriter
+        self._bufs: list[bytes | memoryview] = []
+        self._scheduled = False
+
+    def send(self, header: dict[str, Any], body: bytes | memoryview = b"") -> None:
+        self._bufs += pack(header, body)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        bufs, self._bufs = self._bufs, []
+        if bufs and not self.writer.is_closing():
+            self.writer.writelines(bufs)
+
+    def is_closing(self) -> bool:
+        return bool(self.writer.is_closing())
+
+    def close(self) -> None:
+        self._flush()
+        self.writer.close()
 
 
 async def read_frame(reader: Any) -> tuple[dict[str, Any], bytes]:
@@ -83,7 +115,7 @@ def slot_bytes_for(info: ModelInfo) -> int:
 def array_of(buf: Any, dtype: str, shape: list[int], offset: int = 0) -> npt.NDArray[Any]:
     """A view of ``buf`` as an array (no copy)."""
     dt = np.dtype(dtype)
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     return np.frombuffer(buf, dt, count, offset).reshape(shape)
 
 

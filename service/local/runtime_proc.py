@@ -43,13 +43,13 @@ class Conn:
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
+        self.out = protocol.FrameWriter(writer)  # a batch's answers in one write
         self.shm: Any = None
         self.slot_bytes = 0
         self.tasks: dict[int, asyncio.Task[None]] = {}
 
     def send(self, header: dict[str, Any], body: bytes | memoryview = b"") -> None:
-        if not self.writer.is_closing():
-            self.writer.writelines(protocol.pack(header, body))
+        self.out.send(header, body)
 
 
 class RuntimeServer:

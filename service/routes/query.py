@@ -10,7 +10,7 @@ operation, so the docs and the parser cannot drift.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -43,11 +43,22 @@ class NoQuery(_Query):
     pass
 
 
+_DEFAULTS: dict[type[BaseModel], BaseModel] = {}
+
+
+def _default(model: type[Q]) -> Q:
+    """``model()``, one shared instance per model (they are frozen)."""
+    found = _DEFAULTS.get(model)
+    if found is None:
+        found = _DEFAULTS[model] = model()
+    return cast(Q, found)
+
+
 def query_of(model: type[Q], request: Request) -> Q:
     """``request``'s query string as ``model`` (the last value of a repeated name; unknown names ignored)."""
     params = request.query_params
     if not params:
-        return model()
+        return _default(model)
     try:
         return model.model_validate(dict(params))
     except ValidationError as exc:
