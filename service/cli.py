@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 _ENV_OPTIONS = {  # argparse dest -> environment variable
     "host": "EVOTOK_HOST", "port": "EVOTOK_PORT", "workers": "EVOTOK_WORKERS", "backend": "EVOTOK_BACKEND",
     "weights": "EVOTOK_WEIGHTS", "queue": "EVOTOK_QUEUE", "max_batch_size": "EVOTOK_MAX_BATCH_SIZE",
-    "max_queue_delay_ms": "EVOTOK_MAX_QUEUE_DELAY_MS", "log_level": "EVOTOK_LOG_LEVEL",
+    "max_queue_delay_ms": "EVOTOK_MAX_QUEUE_DELAY_MS", "log_level": "EVOTOK_LOG_LEVEL", "frontends": "EVOTOK_FRONTENDS",
 }
 
 
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default EVOTOK_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default EVOTOK_PORT or 8000)")
     p.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
+    p.add_argument("--frontends", type=int, help="HTTP front-end processes feeding one runtime process (default "
+                                               "EVOTOK_FRONTENDS or 0 = auto: the usable cores when more than one; "
+                                               "1 = one process)")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"])
     p.add_argument("--weights", help="model folder (default EVOTOK_WEIGHTS, else the checkout's weights/evotok-small, "
                                      "else the model inside the installed package)")
