@@ -48,7 +48,14 @@ from typing import Any
 import numpy as np
 
 from evotok.export.fake import parse_cost_ms, write_fake_model_card
-from evotok.tools.procs import RedisServer, child_pids, cpu_seconds, free_port, stop_process, tree_cpu_seconds
+from evotok.tools.procs import (
+    RedisServer,
+    cpu_seconds,
+    descendant_pids,
+    free_port,
+    stop_process,
+    tree_cpu_seconds,
+)
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
@@ -159,7 +166,7 @@ class Servers:
         """CPU seconds of every server process, and of those the runtime process's (``evotok serve`` with
         front ends: the one that runs the model, not HTTP)."""
         total = sum(tree_cpu_seconds(proc.pid) for proc in self.procs)
-        runtime = sum(cpu_seconds(pid) for proc in self.procs for pid in _descendants(proc.pid)
+        runtime = sum(cpu_seconds(pid) for proc in self.procs for pid in descendant_pids(proc.pid)
                       if _is_runtime_process(pid))
         return total, runtime
 
@@ -168,10 +175,6 @@ class Servers:
             stop_process(proc, signal.SIGTERM, 30)
         if self.redis is not None:
             self.redis.stop(signal.SIGTERM)
-
-
-def _descendants(pid: int) -> list[int]:
-    return [d for child in child_pids(pid) for d in (child, *_descendants(child))]
 
 
 def _is_runtime_process(pid: int) -> bool:
@@ -252,7 +255,7 @@ def _start(args: argparse.Namespace, path: str, config: str, workdir: Path) -> S
                  "--log-level", "warning"], cwd=REPO, env=env))
         elif path in ("floor", "floor-thread"):
             size = 256 if args.fake else _model_size(args)
-            sleep_ms = sum(parse_cost_ms(args.fake_cost_ms) or (0.0, 0.0)) if path == "floor-thread" else 0.0
+            sleep_ms = _one_item_ms(args) if path == "floor-thread" else 0.0
             servers.procs.append(subprocess.Popen([sys.executable, str(HERE), "_floor", "--port", str(port),
                                                    "--size", str(size), "--sleep-ms", str(sleep_ms)],
                                                   cwd=REPO, env=env))
@@ -573,6 +576,12 @@ def _markdown(levels: list[Level], limit: dict[str, Any], args: argparse.Namespa
     return "\n".join(rows)
 
 
+def _one_item_ms(args: argparse.Namespace) -> float:
+    """The fake runtime's own time for a batch of one (``A + b`` ms), 0 for a real model."""
+    cost = parse_cost_ms(args.fake_cost_ms) if args.fake else None
+    return cost[0] + cost[1] if cost else 0.0
+
+
 def _floor_lines(levels: list[Level], args: argparse.Namespace) -> list[str]:
     """Against the bare floor: front-end CPU per image (ours / floor) at each concurrency, and at one client our
     p50 minus the fake runtime's own time for one item against the floor's p50. Front-end CPU is the server's
@@ -582,7 +591,7 @@ def _floor_lines(levels: list[Level], args: argparse.Namespace) -> list[str]:
     threaded = {lv.concurrency: lv for lv in levels if lv.path == "floor-thread" and lv.protocol == args.protocols[0]}
     if not floor:
         return []
-    own_ms = sum(a * b for a, b in zip((1.0, 1.0), parse_cost_ms(args.fake_cost_ms), strict=True)) if args.fake else 0.0
+    own_ms = _one_item_ms(args)
     out = []
     for lv in levels:
         f = floor.get(lv.concurrency)

@@ -53,9 +53,9 @@ up_args=()
 if [ "$queue" = 1 ]; then
     compose+=(--profile queue)
     up_args+=(--scale evotok=0)  # not both topologies on GPU 0 and port 8000
-    api=api metrics_service=worker metrics_port=9100
+    api=api metrics_service=worker metrics_port_var=EVOTOK_WORKER_METRICS_PORT
 else
-    api=evotok metrics_service=evotok metrics_port=8000
+    api=evotok metrics_service=evotok metrics_port_var=EVOTOK_PORT
 fi
 
 cleanup() {
@@ -109,8 +109,8 @@ set -e
 
 log "$metrics_service metrics (code agreement, batch sizes)"
 "${compose[@]}" exec -T "$metrics_service" python -c "
-import urllib.request
-port = $metrics_port
+import os, urllib.request
+port = os.environ['$metrics_port_var']
 text = urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=5).read().decode()
 print('\n'.join(l for l in text.splitlines() if l.startswith(('evotok_code_agreement_ratio', 'evotok_batch_size_count', 'evotok_batch_size_sum', 'evotok_worker_ready'))))
 " || true

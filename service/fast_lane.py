@@ -5,8 +5,8 @@ the API key; ``routes.query.query_of``: its query parameters), so it needs nothi
 machinery.
 ``FastLane`` (pure ASGI, the innermost middleware of ``create_app``: request id, metrics, body limits and CORS
 all still wrap it) looks the request's method and path up in a table built from the ``APIRoute``s it is given
-(the routers ``create_app`` includes without a prefix) and calls that same function, answering its exceptions with the app's own exception handlers (``handlers.py``,
-the one error table). Everything else (other paths, other methods: 405 on ``GET /encode``) goes on to FastAPI.
+(the routers ``create_app`` includes without a prefix) and calls that same function, answering its exceptions
+with the app's own exception handlers (``handlers.py``, the one error table). Everything else (other paths, other methods: 405 on ``GET /encode``) goes on to FastAPI.
 The OpenAPI document still comes from the ``APIRoute``: the function is declared once, dispatched by whichever
 layer reaches it first.
 

@@ -7,7 +7,8 @@
 - ``RedisServer``: a private ``redis-server`` on a free port without persistence, stopped by the PID in its
   pidfile (never by name), restartable on the same port (fault-injection tests stop and restart it).
 - ``rss_bytes`` / ``cpu_seconds``: what ``/proc`` says of a PID (0 once it is gone); ``child_pids`` /
-  ``tree_cpu_seconds``: its live children, and the CPU seconds of it and its live descendants.
+  ``descendant_pids`` / ``tree_cpu_seconds``: its live children, all its live descendants, and the CPU seconds
+  of it and its live descendants.
 """
 
 from __future__ import annotations
@@ -75,9 +76,14 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
+def descendant_pids(pid: int) -> list[int]:
+    """The live descendants of ``pid``: its children, theirs, and so on."""
+    return [d for child in child_pids(pid) for d in (child, *descendant_pids(child))]
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of ``pid`` and its live descendants (children that exited are not counted)."""
-    return cpu_seconds(pid) + sum(tree_cpu_seconds(child) for child in child_pids(pid))
+    return cpu_seconds(pid) + sum(cpu_seconds(d) for d in descendant_pids(pid))
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:

@@ -235,10 +235,7 @@ class LocalBatcher(Batcher):
         timer = loop.call_later(deadline - now, self._expire, future, deadline - now)
         try:
             return await future
-        except DeadlineExceeded:
-            self._cancel(item, writer)
-            raise
-        except asyncio.CancelledError:
+        except (DeadlineExceeded, asyncio.CancelledError):  # past its deadline, or its caller is gone
             self._cancel(item, writer)
             raise
         finally:

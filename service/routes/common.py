@@ -291,26 +291,26 @@ async def until_disconnect(request: Request, work: Awaitable[T], endpoint: str) 
     the submit)."""
     me = asyncio.current_task()
     assert me is not None
-    state = {"gone": False, "finished": False}
+    gone = finished = False  # finished: a disconnect noticed after `work` returned cancels nothing
 
     def on_watcher_done(watcher: asyncio.Future[None]) -> None:
-        if watcher.cancelled() or watcher.exception() is not None or state["finished"]:
-            return
-        state["gone"] = True
-        me.cancel()
+        nonlocal gone
+        if not (finished or watcher.cancelled() or watcher.exception() is not None):
+            gone = True
+            me.cancel()
 
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     watcher.add_done_callback(on_watcher_done)
     try:
         return await work
     except asyncio.CancelledError:
-        if not state["gone"]:
+        if not gone:
             raise
         me.uncancel()  # our own cancel, turned into the client-gone answer
         metrics.CLIENT_DISCONNECTS.labels(endpoint).inc()
         raise ClientGone("client disconnected") from None
     finally:
-        state["finished"] = True
+        finished = True
         watcher.cancel()
 
 

@@ -94,6 +94,20 @@ def run_compose(
     return ComposeResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+# every profile of docker-compose.yml: with all of them active, every service resolves
+COMPOSE_PROFILES = ("queue", "queue-multi-gpu", "multi-gpu", "monitoring")
+
+
+def compose_config(
+    files: tuple[str, ...], *profiles: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``docker-compose config`` of ``files`` with ``profiles`` active, under ``env`` (default: the env example)."""
+    args = [a for p in profiles for a in ("--profile", p)] + ["config", "--format", "json"]
+    res = run_compose(args, env=env_example() if env is None else env, files=files)
+    assert res.returncode == 0, res.stderr
+    return res.json()
+
+
 def env_example() -> dict[str, str]:
     """The uncommented KEY=VALUE lines of deploy/evotok.env.example."""
     out: dict[str, str] = {}

@@ -184,6 +184,23 @@ def test_api_deployment_service_hpa(rendered_default: Rendered) -> None:
     assert svc["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
 
 
+def test_api_gets_a_memory_dev_shm_only_for_the_inprocess_queue(rendered_default: Rendered) -> None:
+    """`evotok serve` (queue: inprocess) hands payloads from its front ends to the runtime process in /dev/shm,
+    which a pod otherwise gets at 64 MiB; with Redis the API needs none."""
+
+    def pod(rendered: Rendered) -> dict[str, Any]:
+        spec: dict[str, Any] = rendered.find("Deployment", "-api")["spec"]["template"]["spec"]
+        return spec
+
+    shm = {"name": "dshm", "mountPath": "/dev/shm"}
+    assert shm not in pod(rendered_default)["containers"][0]["volumeMounts"]
+    assert "dshm" not in {v["name"] for v in pod(rendered_default)["volumes"]}
+    inprocess = pod(render_chart({"settings": {"queue": "inprocess"}}, "inprocess"))
+    assert shm in inprocess["containers"][0]["volumeMounts"]
+    dshm = next(v for v in inprocess["volumes"] if v["name"] == "dshm")
+    assert dshm["emptyDir"]["medium"] == "Memory"
+
+
 def test_selectors_match_pod_labels(rendered_all: Rendered) -> None:
     pods = {
         d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]

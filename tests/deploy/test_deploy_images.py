@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.deploy_helpers import CHART, REPO, cpu_values, env_example, render_chart, run_compose
+from tests.deploy.deploy_helpers import (
+    CHART,
+    COMPOSE_PROFILES,
+    REPO,
+    compose_config,
+    cpu_values,
+    render_chart,
+)
 
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 REGISTRY = "registry.example.com/ml"
@@ -82,10 +89,7 @@ def test_documented_tags_are_what_the_chart_pulls(recorded: list[list[str]]) -> 
 
 def test_compose_builds_the_same_tags() -> None:
     for files in (("docker-compose.yml",), ("docker-compose.yml", "docker-compose.cpu.yml")):
-        profiles = ["--profile", "queue", "--profile", "queue-multi-gpu", "--profile", "multi-gpu"]
-        res = run_compose([*profiles, "config", "--format", "json"], env=env_example(), files=files)
-        assert res.returncode == 0, res.stderr
-        services = res.json()["services"]
+        services = compose_config(files, *COMPOSE_PROFILES)["services"]
         for name in ("evotok", "evotok-1", "api", "worker", "worker-1"):
             target = services[name]["build"]["target"]
             assert services[name]["image"] == f"evotok-serve:{VERSION}-{target}", (files, name)

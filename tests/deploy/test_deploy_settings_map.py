@@ -15,7 +15,14 @@ import pytest
 import yaml
 
 from evotok.service.settings import Settings
-from tests.deploy.deploy_helpers import CHART, REPO, Rendered, env_example, run_compose
+from tests.deploy.deploy_helpers import (
+    CHART,
+    COMPOSE_PROFILES,
+    REPO,
+    Rendered,
+    compose_config,
+    env_example,
+)
 
 FIELDS = set(Settings.model_fields)
 ENV_NAMES = {f"EVOTOK_{f.upper()}" for f in FIELDS}
@@ -110,8 +117,9 @@ def test_rendered_chart_keeps_large_integers_integral(rendered_default: Rendered
     assert cm["EVOTOK_MAX_IMAGE_PIXELS"] == "40000000"
 
 
-# every profile of docker-compose.yml, so that each service resolves
-ALL_PROFILES = ["--profile", "queue", "--profile", "queue-multi-gpu", "--profile", "multi-gpu"]
+def _service_settings(svc: dict[str, Any]) -> Settings:
+    """The Settings a resolved compose service's EVOTOK_* environment gives."""
+    return _settings_from_env({k: str(v) for k, v in svc["environment"].items() if k.startswith("EVOTOK_")})
 
 
 @pytest.mark.parametrize(
@@ -120,25 +128,19 @@ ALL_PROFILES = ["--profile", "queue", "--profile", "queue-multi-gpu", "--profile
     ids=["default", "cpu"],
 )
 def test_compose_env_parses_into_settings(files: tuple[str, ...]) -> None:
-    res = run_compose([*ALL_PROFILES, "config", "--format", "json"], env=env_example(), files=files)
-    assert res.returncode == 0, res.stderr
-    cfg = res.json()
+    services = compose_config(files, *COMPOSE_PROFILES)["services"]
     # the single-host topology: in-process queue, auto front ends, no Redis
     for name in ("evotok", "evotok-1"):
-        env = {k: str(v) for k, v in cfg["services"][name]["environment"].items() if k.startswith("EVOTOK_")}
-        s = _settings_from_env(env)
+        s = _service_settings(services[name])
         assert s.queue == "inprocess" and s.frontends == 0 and s.workers == 1, name
         assert s.redis_password is None and s.host == "0.0.0.0", name
         assert [k.get_secret_value() for k in s.api_keys] == ["change-me-to-a-long-random-token"], name
     for name in ("api", "worker", "worker-1"):
-        env = {k: str(v) for k, v in cfg["services"][name]["environment"].items() if k.startswith("EVOTOK_")}
-        s = _settings_from_env(env)
+        s = _service_settings(services[name])
         assert s.queue == "redis" and s.redis_url == "redis://redis:6379/0", name
         assert s.redis_password is not None
         assert s.redis_password.get_secret_value() == env_example()["EVOTOK_REDIS_PASSWORD"]
-    api = _settings_from_env(
-        {k: str(v) for k, v in cfg["services"]["api"]["environment"].items() if k.startswith("EVOTOK_")}
-    )
+    api = _service_settings(services["api"])
     assert [k.get_secret_value() for k in api.api_keys] == ["change-me-to-a-long-random-token"]
 
 
@@ -199,10 +201,7 @@ def test_chart_cpu_values_follow_the_cpu_layout(rendered_cpu: Rendered) -> None:
 
 
 def _compose_env(files: tuple[str, ...], service: str) -> Settings:
-    res = run_compose([*ALL_PROFILES, "config", "--format", "json"], env=env_example(), files=files)
-    assert res.returncode == 0, res.stderr
-    env = res.json()["services"][service]["environment"]
-    return _settings_from_env({k: str(v) for k, v in env.items() if k.startswith("EVOTOK_")})
+    return _service_settings(compose_config(files, *COMPOSE_PROFILES)["services"][service])
 
 
 def test_compose_defaults_are_settings_defaults() -> None:
@@ -230,12 +229,8 @@ def test_cpu_compose_runs_single_thread_workers() -> None:
     worker = _compose_env(files, "worker")
     assert _drift(worker, set(DEPLOYMENT_FIELDS) | CPU_WORKER_FIELDS) == {}
     assert (worker.backend, worker.device, worker.threads) == ("onnxruntime", "cpu", 1)
-    res = run_compose(
-        ["--profile", "queue", "config", "--format", "json"],
-        env={**env_example(), "CPU_WORKERS": "4"},
-        files=files,
-    )
-    assert res.json()["services"]["worker"]["deploy"]["replicas"] == 4
+    cfg = compose_config(files, "queue", env={**env_example(), "CPU_WORKERS": "4"})
+    assert cfg["services"]["worker"]["deploy"]["replicas"] == 4
 
 
 def test_env_example_shows_settings_defaults() -> None:

@@ -57,3 +57,25 @@ def test_api_stages_use_the_core_op_vocabulary(client: TestClient) -> None:
         bucket = image if OP_TABLE[op].takes == "image" else grid  # the same bucket as the op's batches
         for stage in ("decode_input", "runtime", "encode_output"):
             assert (op, stage, bucket) in grew, (op, stage, bucket, sorted(grew))
+
+
+def test_only_workers_export_worker_readiness() -> None:
+    """A fresh API process (app created, a request served) exports no ``evotok_worker_ready``, which the
+    ``EvotokWorkerNotReady`` alert would read as a worker not ready; ``worker_ready()`` creates it."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from fastapi.testclient import TestClient; from prometheus_client import generate_latest; "
+        "from evotok.service import metrics; from evotok.service.app import create_app; "
+        "from tests.service.conftest import make_settings, png_bytes, wait_ready; "
+        "from tests.service.fakes import ServiceFakeRuntime; png = png_bytes(); "
+        "rt = ServiceFakeRuntime(); app = create_app(make_settings(), runtime_factory=lambda: rt); "
+        "c = TestClient(app); c.__enter__(); wait_ready(c); print(c.post('/encode', content=png, headers={'content-type': 'image/png'}).status_code); "
+        "print(b'evotok_worker_ready' in generate_latest()); metrics.worker_ready().set(1); "
+        "print(b'evotok_worker_ready 1.0' in generate_latest()); c.__exit__(None, None, None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+    assert out.stdout.split() == ["200", "False", "True"], out.stdout + out.stderr
